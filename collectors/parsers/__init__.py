@@ -1,0 +1,64 @@
+"""Parsers: one raw record (a log line, a journal entry) → zero or one Event.
+
+:func:`get_parser` returns a :data:`LineParser` for a format name; ``auto`` recognises every
+supported format line by line.  Parsers are pure functions of their input: attacker-controlled
+text is matched by anchored patterns and never decides which field a value lands in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sentinel.event import Event
+
+LineParser = Callable[[str], Event | None]
+
+FORMATS = ("auto", "syslog", "journal", "nginx", "apache", "jsonl")
+
+
+def syslog_parser(year: int | None = None) -> LineParser:
+    """Syslog lines from sshd, PAM, sudo, su, dropbear and anything logging through PAM."""
+    from sentinel.collectors.parsers.syslog import SyslogParser
+
+    return SyslogParser(*_programs(), year=year)
+
+
+def _programs() -> tuple[dict[str, Callable[[str], Event | None]], Callable[[str], Event | None]]:
+    from sentinel.collectors.parsers import dropbear, pam, ssh, sudo
+
+    programs = {
+        "sshd": ssh.parse,
+        "sshd-session": ssh.parse,
+        "sshd-auth": ssh.parse,
+        "dropbear": dropbear.parse,
+        "sudo": sudo.parse_sudo,
+        "su": sudo.parse_su,
+    }
+    return programs, pam.parse
+
+
+def get_parser(fmt: str = "auto", year: int | None = None) -> LineParser:
+    """The line parser for ``fmt`` (one of :data:`FORMATS`)."""
+    if fmt == "syslog":
+        return syslog_parser(year)
+    if fmt == "journal":
+        from sentinel.collectors.parsers.journal import journal_line_parser
+
+        return journal_line_parser(syslog_parser(year))
+    if fmt == "nginx":
+        from sentinel.collectors.parsers import web
+
+        return web.nginx_parser(year)
+    if fmt == "apache":
+        from sentinel.collectors.parsers import web
+
+        return web.apache_parser(year)
+    if fmt == "jsonl":
+        from sentinel.collectors.parsers.jsonl import parse_app_json
+
+        return parse_app_json
+    if fmt == "auto":
+        from sentinel.collectors.parsers.auto import AutoParser
+
+        return AutoParser(year)
+    raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(FORMATS)}")

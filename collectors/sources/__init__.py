@@ -1,0 +1,1 @@
+"""Sources: where raw records come from, with their position for checkpoints."""

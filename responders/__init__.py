@@ -1,0 +1,1 @@
+"""Responders: what happens after a finding (firewall bans, token revocation, alerts, shipping)."""

@@ -1,0 +1,1 @@
+"""Built-in detection rules, shipped as package data (``*.toml``)."""

@@ -1,0 +1,178 @@
+"""Configuration: one TOML file plus ``SENTINEL_*`` environment overrides (pydantic-settings).
+
+Every model forbids unknown keys, so a typo is an error at start-up rather than a silently
+ignored setting.  :func:`load_settings` turns every failure into one :class:`ConfigError`
+whose message names the file (or environment variable) and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "SENTINEL_"
+ENV_DELIMITER = "__"
+DEFAULT_CONFIG_PATH = Path("/etc/sentinel/config.toml")
+
+LogFormat = Literal["auto", "syslog", "journal", "nginx", "apache", "jsonl"]
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a message meant for the operator (no traceback)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileSourceSettings(_Strict):
+    """Log files followed like ``tail -F``."""
+
+    type: Literal["file"] = "file"
+    name: str | None = None
+    paths: list[Path] = Field(min_length=1)
+    format: LogFormat = "auto"
+    start_at: Literal["beginning", "end"] = "end"
+    year: int | None = Field(default=None, ge=1970, le=9999)
+
+
+class JournaldSourceSettings(_Strict):
+    """The systemd journal, read with a persisted cursor."""
+
+    type: Literal["journald"] = "journald"
+    name: str | None = None
+    matches: list[str] = Field(
+        default_factory=lambda: [
+            "_SYSTEMD_UNIT=ssh.service",
+            "_SYSTEMD_UNIT=sshd.service",
+            "SYSLOG_IDENTIFIER=sshd",
+            "SYSLOG_IDENTIFIER=sshd-session",
+            "SYSLOG_IDENTIFIER=sudo",
+            "SYSLOG_IDENTIFIER=su",
+        ]
+    )
+    directory: Path | None = None
+    files: list[Path] = Field(default_factory=list)
+    start_at: Literal["beginning", "end"] = "end"
+
+
+SourceSettings = Annotated[FileSourceSettings | JournaldSourceSettings, Field(discriminator="type")]
+
+
+class DaemonSettings(_Strict):
+    state_dir: Path = Path("/var/lib/sentinel")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    hostname: str | None = None
+
+
+class CollectorSettings(_Strict):
+    poll_interval: float = Field(default=1.0, gt=0, le=60)
+    max_line_bytes: int = Field(default=65536, ge=256, le=16 * 1024 * 1024)
+    checkpoint_interval: float = Field(default=1.0, gt=0, le=300)
+    queue_size: int = Field(default=10000, ge=10)
+
+
+class StoreSettings(_Strict):
+    backend: Literal["sqlite"] = "sqlite"
+    path: Path | None = None
+
+    def sqlite_path(self, state_dir: Path) -> Path:
+        return self.path if self.path is not None else state_dir / "events.db"
+
+
+class ResponderSettings(_Strict):
+    dry_run: bool = True
+
+
+class Settings(BaseSettings):
+    """The whole configuration, as loaded from TOML and the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        extra="forbid",
+        frozen=True,
+    )
+
+    daemon: DaemonSettings = DaemonSettings()
+    collectors: CollectorSettings = CollectorSettings()
+    sources: list[SourceSettings] = Field(default_factory=list)
+    store: StoreSettings = StoreSettings()
+    responders: ResponderSettings = ResponderSettings()
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(f"[{p}]" if isinstance(p, int) else p for p in loc).replace(".[", "[")
+
+
+def _origin(loc: tuple[int | str, ...], path: Path | None) -> str:
+    """Name the environment variable a bad value came from, or else the file."""
+    parts = [str(p).upper() for p in loc if isinstance(p, str)]
+    for n in range(len(parts), 0, -1):
+        name = ENV_PREFIX + ENV_DELIMITER.join(parts[:n])
+        if name in os.environ:
+            return f"environment variable {name}"
+    return str(path) if path is not None else "defaults"
+
+
+def _describe(err: ValidationError, path: Path | None) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        # Discriminated unions put the variant's tag in the location: drop it for readability.
+        loc = tuple(p for p in loc if p not in ("file", "journald") or p == loc[-1])
+        key = _location(loc) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{_origin(loc, path)}: {key}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(path: Path | None, **overrides: Any) -> Settings:
+    """Load ``path`` (TOML) under ``SENTINEL_*`` overrides; raise :class:`ConfigError` if bad.
+
+    ``path=None`` uses the built-in defaults plus the environment only.
+    """
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: configuration file not found") from None
+        except PermissionError:
+            raise ConfigError(f"{path}: permission denied reading configuration file") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory, not a configuration file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            if path is None:
+                return (init_settings, env_settings)
+            return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path))
+
+    try:
+        return _FromFile(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    except ValueError as exc:  # e.g. an environment variable holding invalid JSON
+        raise ConfigError(f"invalid configuration in environment: {exc}") from None

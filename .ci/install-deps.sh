@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the Debian packages Sentinel's tests and benchmarks use (idempotent; needs root).
+#   systemd-journal-remote   turns export-format fixtures into real .journal files
+#   libsystemd-dev pkg-config  build systemd-python (journal reader)
+#   fail2ban sshguard        peers for the side-by-side benchmarks
+#   iptables ipset nftables iproute2  the firewall responders' tests (network namespaces)
+set -euo pipefail
+packages=(python3-venv systemd-journal-remote libsystemd-dev pkg-config gcc fail2ban sshguard
+          iptables ipset nftables iproute2)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # The image's policy-rc.d keeps fail2ban/sshguard from starting; make sure of it here too.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

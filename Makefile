@@ -32,8 +32,9 @@ typecheck:
 	rm -rf build/typecheck && mkdir -p build/typecheck/sentinel
 	for f in sentinel/*; do ln -s ../../../$$f build/typecheck/sentinel/; done
 	for d in collectors responders rules; do ln -s ../../../$$d build/typecheck/sentinel/$$d; done
-	cd build/typecheck && MYPYPATH=. ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml \
-	  -p sentinel ../../tests ../../bench
+	ln -s ../../tests ../../bench build/typecheck/
+	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml \
+	  -p sentinel -p tests -m bench.run
 
 pytest:
 	$(VENV)/bin/pytest -q

@@ -8,15 +8,16 @@ processes.  Small files, pipes and ``--jobs 1`` take the single-process path.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 
 import orjson
-
 from sentinel.collectors.parsers import LineParser, get_parser
 from sentinel.collectors.parsers.lines import ParseStats, parse_buffer
+
 from sentinel.event import Event, nested
 
 BLOCK = 1 << 20  # bytes parsed per call: big enough to amortise, small enough for the cache
@@ -38,7 +39,12 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _parse_range(
-    fd: int, start: int, end: int, parse: LineParser, path: str, stats: ParseStats,
+    fd: int,
+    start: int,
+    end: int,
+    parse: LineParser,
+    path: str,
+    stats: ParseStats,
     serialize: Callable[[list[Event]], bytes],
 ) -> list[bytes]:
     """Parse bytes [start, end) of ``fd`` (both on line boundaries) into serialized blocks."""
@@ -89,11 +95,16 @@ def _boundaries(fd: int, size: int, chunk: int) -> list[int]:
 
 
 def _parallel(
-    fd: int, size: int, jobs: int, make_parser: Callable[[], LineParser], path: str,
-    serialize: Callable[[list[Event]], bytes], stats: ParseStats,
+    fd: int,
+    size: int,
+    jobs: int,
+    make_parser: Callable[[], LineParser],
+    path: str,
+    serialize: Callable[[list[Event]], bytes],
+    stats: ParseStats,
 ) -> None:
     cuts = _boundaries(fd, size, CHUNK)
-    ranges = list(zip(cuts, cuts[1:], strict=False))
+    ranges = list(itertools.pairwise(cuts))
     jobs = min(jobs, len(ranges))
     sys.stdout.flush()
     tokens = [os.pipe() for _ in range(jobs)]
@@ -123,7 +134,7 @@ def _parallel(
                 code = 1
             os._exit(code)
         pids.append(pid)
-    for r, w_end in results:
+    for _, w_end in results:
         os.close(w_end)
     failed = False
     for w, pid in enumerate(pids):
@@ -145,8 +156,12 @@ def _parallel(
 
 
 def _sequential(
-    stream: Iterable[bytes], parse: LineParser, path: str | None, out: Callable[[bytes], object],
-    serialize: Callable[[list[Event]], bytes], stats: ParseStats,
+    stream: Iterable[bytes],
+    parse: LineParser,
+    path: str | None,
+    out: Callable[[bytes], object],
+    serialize: Callable[[list[Event]], bytes],
+    stats: ParseStats,
 ) -> None:
     offset = 0
     rest = b""
@@ -172,8 +187,12 @@ def _blocks(fileobj: object) -> Iterable[bytes]:
 
 
 def parse_files(
-    files: list[str], fmt: str = "auto", year: int | None = None, nested: bool = False,
-    show_stats: bool = False, jobs: int = 0,
+    files: list[str],
+    fmt: str = "auto",
+    year: int | None = None,
+    nested: bool = False,
+    show_stats: bool = False,
+    jobs: int = 0,
 ) -> int:
     """Print the events of ``files`` as NDJSON; return the process exit status."""
     serialize = _serializer(nested)
@@ -184,8 +203,7 @@ def parse_files(
     for name in files:
         try:
             if name == "-":
-                _sequential(_blocks(sys.stdin.buffer), get_parser(fmt, year), None, out.write,
-                            serialize, stats)
+                _sequential(_blocks(sys.stdin.buffer), get_parser(fmt, year), None, out.write, serialize, stats)
                 continue
             fd = os.open(name, os.O_RDONLY)
         except OSError as exc:

@@ -89,12 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="year for syslog stamps that carry none (default: the most recent past year)",
     )
-    p.add_argument(
-        "--nested", action="store_true", help="print nested objects instead of dotted field names"
-    )
-    p.add_argument(
-        "--stats", action="store_true", help="print line, event and error counts to stderr at the end"
-    )
+    p.add_argument("--nested", action="store_true", help="print nested objects instead of dotted field names")
+    p.add_argument("--stats", action="store_true", help="print line, event and error counts to stderr at the end")
     p.add_argument(
         "-j",
         "--jobs",

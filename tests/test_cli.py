@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -16,14 +17,18 @@ FAILED = "Mar  1 10:00:0{i} web-01 sshd[100{i}]: Failed password for root from 2
 
 def sentinel(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "sentinel", *args], input=stdin, capture_output=True, timeout=120,
+        [sys.executable, "-m", "sentinel", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
         check=False,
     )
 
 
 def test_every_command_has_help() -> None:
     parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    commands = dict(sub.choices)
     assert {"run", "check-config", "parse"} <= set(commands)
     for name in commands:
         proc = sentinel(name, "--help")

@@ -27,8 +27,8 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         assert f"[{section}]" in text
         for key in type(model).model_fields:
             assert f"{key} =" in text, f"config.example.toml does not document {section}.{key}"
-    for model in {type(s) for s in settings.sources}:
-        for key in model.model_fields:
+    for source_model in {type(s) for s in settings.sources}:
+        for key in source_model.model_fields:
             assert f"{key}" in text, f"config.example.toml does not document sources.{key}"
 
 
@@ -86,7 +86,10 @@ def test_cli_bad_config_is_one_clear_message(tmp_path: Path, command: str) -> No
     cfg.write_text("[daemon]\nlog_level = 3\nextra = true\n")
     proc = subprocess.run(
         [sys.executable, "-m", "sentinel", command, "-c", str(cfg)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

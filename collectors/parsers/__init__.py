@@ -23,10 +23,13 @@ def syslog_parser(year: int | None = None) -> LineParser:
     return SyslogParser(*_programs(), year=year)
 
 
-def _programs() -> tuple[dict[str, Callable[[str], Event | None]], Callable[[str], Event | None]]:
+MessageParser = Callable[[str], Event | None]
+
+
+def _programs() -> tuple[dict[str, MessageParser], MessageParser]:
     from sentinel.collectors.parsers import dropbear, pam, ssh, sudo
 
-    programs = {
+    programs: dict[str, MessageParser] = {
         "sshd": ssh.parse,
         "sshd-session": ssh.parse,
         "sshd-auth": ssh.parse,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from sentinel.collectors.parsers import LineParser
+
 from sentinel.event import Event
 
 

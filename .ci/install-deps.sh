@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian packages Sentinel's tests and benchmarks use (idempotent; needs root).
 #   systemd-journal-remote   turns export-format fixtures into real .journal files
-#   libsystemd-dev pkg-config  build systemd-python (journal reader)
+#   libsystemd-dev pkg-config gcc python3-dev  build systemd-python (journal reader)
 #   fail2ban sshguard        peers for the side-by-side benchmarks
 #   iptables ipset nftables iproute2  the firewall responders' tests (network namespaces)
 set -euo pipefail
-packages=(python3-venv systemd-journal-remote libsystemd-dev pkg-config gcc fail2ban sshguard
+packages=(python3-venv python3-dev systemd-journal-remote libsystemd-dev pkg-config gcc fail2ban sshguard
           iptables ipset nftables iproute2)
 missing=()
 for p in "${packages[@]}"; do

@@ -12,7 +12,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from sentinel import __version__
+
+if TYPE_CHECKING:
+    from sentinel.config import Settings
 
 _FORMATS = ("auto", "syslog", "journal", "nginx", "apache", "jsonl")
 
@@ -99,6 +104,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="parallel workers for large files (default: one per CPU core; 1 disables)",
     )
+    p = sub.add_parser(
+        "replay",
+        help="evaluate the rules over log files (no response is taken)",
+        description="Parse log files and evaluate the rules on event time, as a live run would have; "
+        "print each finding as one JSON object per line, with the responses it would take in "
+        "sentinel.actions.  Nothing is banned, revoked or sent.",
+    )
+    _config_arg(p)
+    p.add_argument("files", nargs="+", metavar="FILE", help="log files to replay ('-' for stdin)")
+    p.add_argument("--rules", action="append", type=Path, default=[], metavar="DIR",
+                   help="extra rule directory (repeatable)")
+    p.add_argument("-f", "--format", choices=_FORMATS, default="auto", help="input format (default: auto)")
+    p.add_argument("--year", type=int, default=None, help="year for syslog stamps that carry none")
+    p.add_argument("--stats", action="store_true", help="print counts to stderr at the end")
+
+    rules = sub.add_parser(
+        "rules",
+        help="list and test detection rules",
+        description="Work with detection rules: the built-in ones, plus the configured directories.",
+    )
+    rsub = rules.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
+    for action, text in (
+        ("list", "list the active rules"),
+        ("test", "run every rule's samples; fails if a sample does not hold or a rule has none"),
+    ):
+        p = rsub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        _config_arg(p)
+        p.add_argument("--rules", action="append", type=Path, default=[], metavar="DIR",
+                       help="extra rule directory (repeatable)")
+        p.add_argument("--no-builtin", action="store_true", help="only the rules from --rules directories")
     return parser
 
 
@@ -152,7 +187,67 @@ def _cmd_parse(args: argparse.Namespace) -> int:
     )
 
 
-_COMMANDS = {"run": _cmd_run, "check-config": _cmd_check_config, "parse": _cmd_parse}
+def _settings(arg: Path | None) -> Settings | None:
+    """The configuration for commands that merely read it: a missing default file is fine."""
+    from sentinel.config import ConfigError, load_settings
+
+    path = _config_path(arg)
+    try:
+        return load_settings(path if arg is not None or path.exists() else None)
+    except ConfigError as exc:
+        print(f"sentinel: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    if settings is None:
+        return 2
+    from sentinel.engine.rule import RuleError
+    from sentinel.replay import replay
+
+    try:
+        return replay(args.files, settings, args.rules, fmt=args.format, year=args.year, show_stats=args.stats)
+    except RuleError as exc:
+        print(f"sentinel: {exc}", file=sys.stderr)
+        return 2
+
+
+def _cmd_rules(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    if settings is None:
+        return 2
+    from sentinel.engine.rule import RuleError, load_rules
+
+    try:
+        rules = load_rules([*settings.rules.directories, *args.rules], settings.rules.disabled,
+                           builtin=not args.no_builtin)
+    except RuleError as exc:
+        print(f"sentinel: {exc}", file=sys.stderr)
+        return 2
+    if args.rules_command == "list":
+        for rule in rules:
+            techniques = ",".join(rule.techniques) or "-"
+            print(f"{rule.id:28} {rule.severity:8} {techniques:20} {rule.name}  [{rule.source}]")
+        return 0
+    from sentinel.engine.samples import test_rules
+
+    results = test_rules(rules)
+    failed = [r for r in results if not r.ok]
+    for r in results:
+        where = f"sample {r.index}" if r.index >= 0 else "samples"
+        print(f"{'ok  ' if r.ok else 'FAIL'} {r.rule_id} {where}: {r.detail}")
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed or not results else 0
+
+
+_COMMANDS = {
+    "run": _cmd_run,
+    "check-config": _cmd_check_config,
+    "parse": _cmd_parse,
+    "replay": _cmd_replay,
+    "rules": _cmd_rules,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

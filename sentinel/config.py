@@ -7,18 +7,21 @@ whose message names the file (or environment variable) and the key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from sentinel.engine.durations import Duration
 
 ENV_PREFIX = "SENTINEL_"
 ENV_DELIMITER = "__"
@@ -53,12 +56,14 @@ class JournaldSourceSettings(_Strict):
     name: str | None = None
     matches: list[str] = Field(
         default_factory=lambda: [
+            # Trusted fields only (set by journald, not by the sender): any local user can log
+            # with SYSLOG_IDENTIFIER=sshd (`logger -t sshd`) and forge an attacker's address.
             "_SYSTEMD_UNIT=ssh.service",
             "_SYSTEMD_UNIT=sshd.service",
-            "SYSLOG_IDENTIFIER=sshd",
-            "SYSLOG_IDENTIFIER=sshd-session",
-            "SYSLOG_IDENTIFIER=sudo",
-            "SYSLOG_IDENTIFIER=su",
+            "_COMM=sshd",
+            "_COMM=sshd-session",
+            "_COMM=sudo",
+            "_COMM=su",
         ]
     )
     directory: Path | None = None
@@ -95,6 +100,29 @@ class ResponderSettings(_Strict):
     dry_run: bool = True
 
 
+class RulesSettings(_Strict):
+    directories: list[Path] = Field(default_factory=list)
+    disabled: list[str] = Field(default_factory=list)
+
+
+class EngineSettings(_Strict):
+    allowlist: list[str] = Field(default_factory=list)
+    max_keys: int = Field(default=1_000_000, ge=1000)
+    late_tolerance: Duration = 60.0
+    ban_duration: Duration = 600.0
+    ban_max_duration: Duration = 7 * 86400.0
+
+    @field_validator("allowlist")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an address or CIDR network") from None
+        return value
+
+
 class Settings(BaseSettings):
     """The whole configuration, as loaded from TOML and the environment."""
 
@@ -110,6 +138,8 @@ class Settings(BaseSettings):
     sources: list[SourceSettings] = Field(default_factory=list)
     store: StoreSettings = StoreSettings()
     responders: ResponderSettings = ResponderSettings()
+    rules: RulesSettings = RulesSettings()
+    engine: EngineSettings = EngineSettings()
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

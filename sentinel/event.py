@@ -19,7 +19,11 @@ Fields beyond ECS live under ``sentinel.*``:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from hashlib import blake2b
 from typing import Any, Final
+
+import orjson
 
 Event = dict[str, Any]
 
@@ -152,3 +156,35 @@ def flatten(doc: Mapping[str, Any], prefix: str = "") -> Event:
 def missing_fields(events: Iterable[Mapping[str, Any]]) -> set[str]:
     """Field names used by ``events`` that are not in :data:`COLLECTOR_FIELDS` (a schema check)."""
     return {k for e in events for k in e if k not in COLLECTOR_FIELDS}
+
+
+_MINUTES: dict[str, float] = {}
+
+
+def event_time(timestamp: str) -> float:
+    """Seconds since the epoch of an ECS ``@timestamp`` (cached per minute: this is on the hot path)."""
+    if len(timestamp) >= 20 and timestamp[16] == ":" and timestamp[-1] == "Z":
+        base = _MINUTES.get(timestamp[:16])
+        if base is None:
+            if len(_MINUTES) > 100_000:
+                _MINUTES.clear()
+            base = _MINUTES[timestamp[:16]] = datetime.fromisoformat(timestamp[:16] + "+00:00").timestamp()
+        return base + float(timestamp[17:-1])
+    return datetime.fromisoformat(timestamp).timestamp()
+
+
+def event_id(event: Mapping[str, Any]) -> str:
+    """A deterministic id: the same line (or finding) always gets the same id, so re-sends are idempotent."""
+    given = event.get("event.id")
+    if isinstance(given, str):
+        return given
+    key = (
+        event.get("host.hostname"),
+        event.get("log.file.path"),
+        event.get("log.offset"),
+        event.get("@timestamp"),
+        event.get("event.kind"),
+        event.get("rule.id"),
+        event.get("message"),
+    )
+    return blake2b(orjson.dumps(key), digest_size=8).hexdigest()

@@ -1,0 +1,320 @@
+"""Evaluate rules on events and turn what fires into findings.
+
+One :class:`Engine` holds the compiled rules and their bounded state.  ``process(event)``
+returns the findings that event completes — each one an event with ``event.kind = "alert"``,
+the rule's identity and ATT&CK techniques, the ids of the events that made it fire and, in
+``sentinel.actions``, the responses to take (already checked against the allowlist).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from sentinel.engine.allowlist import Allowlist
+from sentinel.engine.matcher import Predicate, compile_match
+from sentinel.engine.rule import SEVERITY_SCORE, Rule
+from sentinel.engine.windows import CountWindows, DistinctWindows, NewValues, pack, unpack_id
+from sentinel.event import Event, event_id, event_time
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """Engine settings from the configuration."""
+
+    allowlist: tuple[str, ...] = ()
+    #: Host addresses never banned (``None``: discover this host's own addresses).
+    own_addresses: tuple[str, ...] | None = None
+    max_keys: int = 1_000_000
+    late_tolerance: float = 60.0
+    ban_duration: float = 600.0
+    ban_max_duration: float = 7 * 86400.0
+
+
+@dataclass(slots=True)
+class EngineStats:
+    events: int = 0
+    matched: int = 0
+    twins: int = 0
+    late: int = 0
+    findings: dict[str, int] = field(default_factory=dict)
+    suppressed: int = 0
+
+
+@lru_cache(maxsize=262144)
+def _network_key(ip: str, v4: int, v6: int) -> str:
+    """The address itself, or its network when the rule groups by prefix (IPv6 /64)."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    prefix = v4 if addr.version == 4 else v6
+    if prefix == addr.max_prefixlen:
+        return ip
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+_ADDRESS_FIELDS = frozenset({"source.ip", "destination.ip", "client.ip"})
+
+
+class CompiledRule:
+    """A rule with its predicate, key function and state."""
+
+    def __init__(self, rule: Rule, options: EngineOptions) -> None:
+        self.rule = rule
+        self.matches: Predicate = compile_match(rule.match)
+        cond = rule.condition
+        self.state: CountWindows | DistinctWindows | NewValues | None
+        if cond.type == "count":
+            self.state = CountWindows(cond.threshold, cond.window, options.max_keys)
+        elif cond.type == "distinct":
+            self.state = DistinctWindows(cond.threshold, cond.window, options.max_keys)
+        elif cond.type == "new_value":
+            self.state = NewValues(cond.remember, options.max_keys, cond.learn_first)
+        else:
+            self.state = None
+        self.by = tuple(rule.group.by)
+        self.v4, self.v6 = rule.group.ipv4_prefix, rule.group.ipv6_prefix
+
+    def key(self, event: Event) -> Any:
+        """The group key of ``event`` (``None`` when a grouping field is missing)."""
+        parts = []
+        for name in self.by:
+            value = event.get(name)
+            if value is None:
+                return None
+            if name in _ADDRESS_FIELDS:
+                value = _network_key(value, self.v4, self.v6)
+            parts.append(value)
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(parts)
+
+
+class Engine:
+    """Rules over a stream of events, on event time."""
+
+    def __init__(self, rules: Iterable[Rule], options: EngineOptions | None = None) -> None:
+        self.options = options or EngineOptions()
+        self.rules = [CompiledRule(r, self.options) for r in rules]
+        self.allowlist = Allowlist(self.options.allowlist, self.options.own_addresses)
+        self.stats = EngineStats()
+        self.watermark = 0.0  # the latest event time seen
+        self._next_expiry = 0.0
+        self._twins: dict[tuple[Any, ...], list[int]] = {}
+        self._offences: dict[str, list[float]] = {}
+
+    # -- attempts -------------------------------------------------------------------------
+    def _attempts(self, event: Event) -> int:
+        """How many new attempts ``event`` stands for: 0 for the PAM twin of an sshd line.
+
+        sshd and pam_unix both log one failed password attempt, from the same process in the
+        same second; counting lines would count it twice.  Lines are matched in pairs of
+        different origin (PAM vs. the daemon itself), so real repeated attempts still count.
+        """
+        n: int = event.get("sentinel.attempts", 1)
+        pid = event.get("process.pid")
+        if pid is None or event.get("event.outcome") != "failure":
+            return n
+        msg = event.get("message", "")
+        pam = msg.startswith(("pam_", "PAM ", "error: PAM:", "(pam_")) or "(pam_" in event.get("process.name", "")
+        key = (event.get("host.hostname"), pid, event["@timestamp"][:19], event.get("source.ip"))
+        counts = self._twins.get(key)
+        if counts is None:
+            if len(self._twins) > 4096:  # twins are adjacent in the log: a short memory suffices
+                del self._twins[next(iter(self._twins))]
+            self._twins[key] = [n, 0] if pam else [0, n]
+            return n
+        mine, other = (0, 1) if pam else (1, 0)
+        if counts[other] > 0:
+            matched = min(n, counts[other])
+            counts[other] -= matched
+            self.stats.twins += 1
+            return n - matched
+        counts[mine] += n
+        return n
+
+    # -- the hot path ---------------------------------------------------------------------
+    def process(self, event: Event) -> list[Event]:
+        """Feed one event; return the findings it completes (usually none)."""
+        self.stats.events += 1
+        findings: list[Event] = []
+        t: float | None = None
+        n = -1
+        eid = 0
+        for cr in self.rules:
+            if not cr.matches(event):
+                continue
+            if t is None:
+                t = event_time(event["@timestamp"])
+                if t > self.watermark:
+                    self.watermark = t
+                    if t >= self._next_expiry:
+                        self._expire()
+                elif t < self.watermark - self.options.late_tolerance:
+                    self.stats.late += 1
+                eid = int(event_id(event), 16)
+            key = cr.key(event)
+            if key is None:
+                continue
+            self.stats.matched += 1
+            state = cr.state
+            if isinstance(state, CountWindows):
+                if cr.rule.attempts:
+                    if n < 0:
+                        n = self._attempts(event)
+                    if n == 0:
+                        continue
+                    fired = state.add(key, pack(t, eid), n)
+                else:
+                    fired = state.add(key, pack(t, eid), 1)
+                if fired is not None:
+                    findings.append(self._finding(cr, key, event, fired, n if n > 0 else 1))
+            elif isinstance(state, DistinctWindows):
+                value = event.get(cr.rule.condition.field or "")
+                if value is None:
+                    continue
+                fired = state.add(key, value, pack(t, eid))
+                if fired is not None:
+                    findings.append(self._finding(cr, key, event, fired, len(fired)))
+            elif isinstance(state, NewValues):
+                value = event.get(cr.rule.condition.field or "")
+                if value is None:
+                    continue
+                is_new, known = state.add(str(key), str(value), t)
+                if is_new:
+                    finding = self._finding(cr, key, event, [pack(t, eid)], 1)
+                    finding["sentinel.previous_values"] = known
+                    findings.append(finding)
+            else:
+                findings.append(self._finding(cr, key, event, [pack(t, eid)], 1))
+        return findings
+
+    def _expire(self) -> None:
+        now = self.watermark - self.options.late_tolerance
+        for cr in self.rules:
+            if cr.state is not None:
+                cr.state.expire(now)
+        self._next_expiry = self.watermark + 60.0
+
+    # -- findings -------------------------------------------------------------------------
+    def _finding(self, cr: CompiledRule, key: Any, event: Event, entries: list[int], count: int) -> Event:
+        rule = cr.rule
+        ids = list(dict.fromkeys(unpack_id(e) for e in entries))
+        finding: Event = {
+            "@timestamp": event["@timestamp"],
+            "event.kind": "alert",
+            "event.category": ["intrusion_detection"],
+            "event.type": ["indicator"],
+            "event.action": rule.id,
+            "event.severity": SEVERITY_SCORE[rule.severity],
+            "event.dataset": "sentinel.finding",
+            "rule.id": rule.id,
+            "rule.name": rule.name,
+            "rule.description": rule.description,
+            "rule.ruleset": "sentinel",
+            "threat.framework": "MITRE ATT&CK",
+            "threat.technique.id": list(rule.techniques),
+            "tags": [*rule.tags, *rule.compliance],
+            "sentinel.severity": rule.severity,
+            "sentinel.compliance": list(rule.compliance),
+            "sentinel.count": max(count, len(entries)),
+            "sentinel.trigger_event_ids": ids,
+        }
+        for name in ("host.hostname", "user.name", "source.ip", "source.address", "source.geo.country_iso_code"):
+            if name in event:
+                finding[name] = event[name]
+        if len(cr.by) == 1:
+            finding[f"sentinel.group.{cr.by[0]}"] = key
+        else:
+            for name, value in zip(cr.by, key, strict=True):
+                finding[f"sentinel.group.{name}"] = value
+        if "source.ip" in cr.by:
+            finding["sentinel.group.source.ip"] = key if len(cr.by) == 1 else key[cr.by.index("source.ip")]
+        finding["message"] = self._message(cr, key, count, event)
+        actions, suppressed = self._actions(cr, key, event)
+        finding["sentinel.actions"] = actions
+        if suppressed:
+            finding["sentinel.suppressed"] = suppressed
+            self.stats.suppressed += 1
+        finding["event.id"] = event_id(finding)
+        self.stats.findings[rule.id] = self.stats.findings.get(rule.id, 0) + 1
+        return finding
+
+    @staticmethod
+    def _message(cr: CompiledRule, key: Any, count: int, event: Event) -> str:
+        cond = cr.rule.condition
+        who = ", ".join(str(k) for k in key) if isinstance(key, tuple) else str(key)
+        if cond.type == "count":
+            return f"{cr.rule.name}: {cond.threshold} or more events from {who} within {cond.window:g} s"
+        if cond.type == "distinct":
+            return f"{cr.rule.name}: {cond.threshold} distinct {cond.field} for {who} within {cond.window:g} s"
+        if cond.type == "new_value":
+            return f"{cr.rule.name}: new {cond.field} {event.get(cond.field or '')!r} for {who}"
+        return f"{cr.rule.name}: {who}"
+
+    def _actions(self, cr: CompiledRule, key: Any, event: Event) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        actions: list[dict[str, Any]] = []
+        suppressed: list[dict[str, Any]] = []
+        for resp in cr.rule.responses:
+            if resp.type == "ban":
+                # The target is the structural address the parser extracted (or its /64),
+                # never text from the message.
+                target = key if cr.by == ("source.ip",) else event.get("source.ip")
+                if not isinstance(target, str):
+                    suppressed.append({"type": "ban", "reason": "no source address"})
+                    continue
+                if self.allowlist.allowed(target):
+                    suppressed.append({"type": "ban", "target": target, "reason": "allowlisted"})
+                    continue
+                actions.append(self._ban(resp, target, event))
+            elif resp.type == "alert":
+                actions.append({"type": "alert", "severity": resp.severity or cr.rule.severity})
+            elif resp.type == "revoke_tokens":
+                user = event.get("user.name")
+                if user:
+                    actions.append({"type": "revoke_tokens", "user": user})
+                else:
+                    suppressed.append({"type": "revoke_tokens", "reason": "no user"})
+            else:
+                actions.append({"type": "record"})
+        return actions, suppressed
+
+    def _ban(self, resp: Any, target: str, event: Event) -> dict[str, Any]:
+        if resp.permanent:
+            return {"type": "ban", "target": target, "duration": None, "permanent": True}
+        base = resp.duration if resp.duration is not None else self.options.ban_duration
+        cap = min(resp.max_duration or self.options.ban_max_duration, self.options.ban_max_duration)
+        duration = base
+        offence = 1
+        if resp.escalate:
+            now = event_time(event["@timestamp"])
+            past = [t for t in self._offences.get(target, ()) if now - t <= resp.escalate_window]
+            offence = len(past) + 1
+            duration = min(base * (2 ** len(past)), cap)
+            if len(self._offences) >= self.options.max_keys and target not in self._offences:
+                del self._offences[next(iter(self._offences))]
+            self._offences[target] = [*past[-16:], now]
+        return {"type": "ban", "target": target, "duration": int(duration), "offence": offence}
+
+    # -- state that outlives a restart ----------------------------------------------------
+    def dump_state(self) -> dict[str, Any]:
+        """Remembered values (countries per account) and offence history, JSON-able."""
+        return {
+            "new_values": {cr.rule.id: cr.state.dump() for cr in self.rules if isinstance(cr.state, NewValues)},
+            "offences": self._offences,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for cr in self.rules:
+            saved = state.get("new_values", {}).get(cr.rule.id)
+            if isinstance(cr.state, NewValues) and saved:
+                cr.state.load(saved)
+        self._offences = {str(k): [float(t) for t in v] for k, v in state.get("offences", {}).items()}
+
+    def state_sizes(self) -> dict[str, int]:
+        """Keys held per rule (for metrics and the memory bound)."""
+        return {cr.rule.id: len(cr.state) for cr in self.rules if cr.state is not None}

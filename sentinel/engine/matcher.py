@@ -1,0 +1,95 @@
+"""Compile a rule's ``match`` table into one fast predicate over events."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from typing import Any
+
+from sentinel.engine.rule import FieldCondition
+from sentinel.event import Event
+
+Predicate = Callable[[Event], bool]
+
+#: ECS fields whose value is a list; a condition on them holds if it holds for any element.
+LIST_FIELDS = frozenset({"event.category", "event.type", "related.ip", "related.user", "threat.technique.id", "tags"})
+
+
+def _values_check(name: str, cond: FieldCondition) -> list[Callable[[Any], bool]]:
+    checks: list[Callable[[Any], bool]] = []
+    if cond.equals is not None:
+        wanted = frozenset(cond.equals)
+        checks.append(wanted.__contains__)
+    if cond.not_equals is not None:
+        unwanted = frozenset(cond.not_equals)
+        checks.append(lambda v: v not in unwanted)
+    if cond.prefix is not None:
+        prefixes = tuple(cond.prefix)
+        checks.append(lambda v: isinstance(v, str) and v.startswith(prefixes))
+    if cond.regex is not None:
+        search = re.compile(cond.regex).search
+        checks.append(lambda v: isinstance(v, str) and search(v) is not None)
+    if cond.cidr is not None:
+        nets = [ipaddress.ip_network(c, strict=False) for c in cond.cidr]
+
+        def in_nets(v: Any) -> bool:
+            try:
+                addr = ipaddress.ip_address(v)
+            except (ValueError, TypeError):
+                return False
+            return any(addr in n for n in nets)
+
+        checks.append(in_nets)
+    if cond.gte is not None or cond.lte is not None:
+        lo = cond.gte if cond.gte is not None else float("-inf")
+        hi = cond.lte if cond.lte is not None else float("inf")
+        checks.append(lambda v: isinstance(v, int | float) and not isinstance(v, bool) and lo <= v <= hi)
+    return checks
+
+
+def compile_field(name: str, cond: FieldCondition) -> Predicate:
+    """A predicate for one field's condition."""
+    checks = _values_check(name, cond)
+    exists = cond.exists
+    is_list = name in LIST_FIELDS
+
+    if len(checks) == 1 and cond.equals is not None and exists is None:
+        wanted = frozenset(cond.equals)
+        if is_list:
+            return lambda e: not wanted.isdisjoint(e.get(name) or ())
+        return lambda e: e.get(name) in wanted
+
+    def pred(e: Event) -> bool:
+        value = e.get(name)
+        if exists is not None and (value is not None) != exists:
+            return False
+        if not checks:
+            return True
+        if value is None:
+            return False
+        if is_list and isinstance(value, list):
+            return all(any(c(v) for v in value) for c in checks)
+        return all(c(value) for c in checks)
+
+    return pred
+
+
+def compile_match(match: dict[str, FieldCondition]) -> Predicate:
+    """All of the rule's field conditions, cheapest-to-reject first."""
+    # Equality on event.outcome / event.kind rejects most events in one dict lookup.
+    order = sorted(match.items(), key=lambda kv: (kv[0] not in ("event.outcome", "event.kind"), kv[0]))
+    preds = tuple(compile_field(name, cond) for name, cond in order)
+    if len(preds) == 1:
+        return preds[0]
+    if len(preds) == 2:
+        a, b = preds
+        return lambda e: a(e) and b(e)
+    if len(preds) == 3:
+        a, b, c = preds
+        return lambda e: a(e) and b(e) and c(e)
+
+    def all_of(e: Event) -> bool:
+        return all(p(e) for p in preds)
+
+    return all_of

@@ -186,6 +186,34 @@ def _blocks(fileobj: object) -> Iterable[bytes]:
         yield block
 
 
+def _is_binary_journal(name: str) -> bool:
+    """A binary journal file (or a directory of them), read through libsystemd, not as lines."""
+    from pathlib import Path
+
+    from sentinel.collectors.sources.journald import is_journal_file
+
+    path = Path(name)
+    return path.is_dir() or (name != "-" and is_journal_file(path))
+
+
+def _journal(
+    name: str, out: Callable[[bytes], object], serialize: Callable[[list[Event]], bytes], stats: ParseStats
+) -> None:
+    from pathlib import Path
+
+    from sentinel.collectors.sources.journald import iter_journal_file_events
+
+    batch: list[Event] = []
+    for event in iter_journal_file_events(Path(name), stats=stats):
+        event["log.file.path"] = name
+        batch.append(event)
+        if len(batch) >= 4096:
+            out(serialize(batch))
+            batch = []
+    if batch:
+        out(serialize(batch))
+
+
 def parse_files(
     files: list[str],
     fmt: str = "auto",
@@ -205,9 +233,16 @@ def parse_files(
             if name == "-":
                 _sequential(_blocks(sys.stdin.buffer), get_parser(fmt, year), None, out.write, serialize, stats)
                 continue
+            if fmt in ("auto", "journal") and _is_binary_journal(name):
+                _journal(name, out.write, serialize, stats)
+                continue
             fd = os.open(name, os.O_RDONLY)
         except OSError as exc:
             print(f"sentinel: {name}: {exc.strerror}", file=sys.stderr)
+            status = 1
+            continue
+        except RuntimeError as exc:  # JournalError: the journal file could not be read
+            print(f"sentinel: {name}: {exc}", file=sys.stderr)
             status = 1
             continue
         except ValueError as exc:

@@ -231,3 +231,17 @@ def test_rules_test_command_passes_for_builtin_rules() -> None:
                           check=False)
     assert proc.returncode == 0, proc.stdout
     assert b" 0 failed" in proc.stdout
+
+
+def test_cooldown_keeps_one_finding_per_key_per_period() -> None:
+    account = rule(
+        group={"by": ["user.name"]},
+        condition={"type": "distinct", "field": "source.ip", "threshold": 3, "window": 3600},
+        cooldown="1h",
+        responses=[{"type": "alert"}],
+    )
+    engine = Engine([account], OPTIONS)
+    events = [failure(f"203.0.113.{i}", i * 10, user="alice") for i in range(12)]
+    assert len(run(engine, events)) == 1
+    assert engine.stats.cooled == 3
+    assert len(run(engine, [failure(f"198.51.100.{i}", 4000 + i, user="alice") for i in range(3)])) == 1

@@ -42,6 +42,7 @@ class EngineStats:
     late: int = 0
     findings: dict[str, int] = field(default_factory=dict)
     suppressed: int = 0
+    cooled: int = 0
 
 
 @lru_cache(maxsize=262144)
@@ -78,6 +79,21 @@ class CompiledRule:
             self.state = None
         self.by = tuple(rule.group.by)
         self.v4, self.v6 = rule.group.ipv4_prefix, rule.group.ipv6_prefix
+        self.cooldown = rule.cooldown
+        self.max_keys = options.max_keys
+        self.last_fired: dict[Any, float] = {}
+
+    def quiet(self, key: Any, t: float) -> bool:
+        """True while ``key`` is in its cooldown after a finding (then the finding is dropped)."""
+        if not self.cooldown:
+            return False
+        last = self.last_fired.get(key)
+        if last is not None and 0 <= t - last < self.cooldown:
+            return True
+        if len(self.last_fired) >= self.max_keys:
+            del self.last_fired[next(iter(self.last_fired))]
+        self.last_fired[key] = t
+        return False
 
     def key(self, event: Event) -> Any:
         """The group key of ``event`` (``None`` when a grouping field is missing)."""
@@ -172,14 +188,14 @@ class Engine:
                 else:
                     fired = state.add(key, pack(t, eid), 1)
                 if fired is not None:
-                    findings.append(self._finding(cr, key, event, fired, n if n > 0 else 1))
+                    self._add(findings, self._finding(cr, key, event, fired, n if n > 0 else 1))
             elif isinstance(state, DistinctWindows):
                 value = event.get(cr.rule.condition.field or "")
                 if value is None:
                     continue
                 fired = state.add(key, value, pack(t, eid))
                 if fired is not None:
-                    findings.append(self._finding(cr, key, event, fired, len(fired)))
+                    self._add(findings, self._finding(cr, key, event, fired, len(fired)))
             elif isinstance(state, NewValues):
                 value = event.get(cr.rule.condition.field or "")
                 if value is None:
@@ -187,11 +203,17 @@ class Engine:
                 is_new, known = state.add(str(key), str(value), t)
                 if is_new:
                     finding = self._finding(cr, key, event, [pack(t, eid)], 1)
-                    finding["sentinel.previous_values"] = known
-                    findings.append(finding)
+                    if finding is not None:
+                        finding["sentinel.previous_values"] = known
+                        findings.append(finding)
             else:
-                findings.append(self._finding(cr, key, event, [pack(t, eid)], 1))
+                self._add(findings, self._finding(cr, key, event, [pack(t, eid)], 1))
         return findings
+
+    @staticmethod
+    def _add(findings: list[Event], finding: Event | None) -> None:
+        if finding is not None:
+            findings.append(finding)
 
     def _expire(self) -> None:
         now = self.watermark - self.options.late_tolerance
@@ -201,8 +223,11 @@ class Engine:
         self._next_expiry = self.watermark + 60.0
 
     # -- findings -------------------------------------------------------------------------
-    def _finding(self, cr: CompiledRule, key: Any, event: Event, entries: list[int], count: int) -> Event:
+    def _finding(self, cr: CompiledRule, key: Any, event: Event, entries: list[int], count: int) -> Event | None:
         rule = cr.rule
+        if cr.quiet(key, (entries[-1] >> 64) / 1000):
+            self.stats.cooled += 1
+            return None
         ids = list(dict.fromkeys(unpack_id(e) for e in entries))
         finding: Event = {
             "@timestamp": event["@timestamp"],

@@ -144,6 +144,9 @@ class Rule(_Strict):
     attempts: bool = True
     group: Group = Group()
     condition: Condition = Condition()
+    #: After a finding, the same key stays quiet this long (suppressed findings are counted):
+    #: one alert per account per hour rather than one per burst.
+    cooldown: Duration = 0.0
     responses: list[Response] = Field(default_factory=lambda: [Response(type="record")])
     samples: list[Sample] = Field(default_factory=list)
     source: str = ""  # the file it came from (set by the loader)

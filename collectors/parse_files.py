@@ -1,20 +1,21 @@
 """``sentinel parse``: files → NDJSON events on standard output, as fast as the machine allows.
 
 Large regular files are cut into newline-aligned chunks parsed by forked workers, one per
-core; each worker writes its chunk's output to standard output when its turn comes (a token
-passed round a ring of pipes), so the output is in file order without copying it between
+core (:mod:`sentinel.collectors.parallel`); each worker writes its chunk's output to standard
+output when its turn comes, so the output is in file order without copying it between
 processes.  Small files, pipes and ``--jobs 1`` take the single-process path.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import fields
+from typing import Any
 
 import orjson
+from sentinel.collectors.parallel import map_chunks
 from sentinel.collectors.parsers import LineParser, get_parser
 from sentinel.collectors.parsers.lines import ParseStats, parse_buffer
 
@@ -22,7 +23,6 @@ from sentinel.event import Event, nested
 
 BLOCK = 1 << 20  # bytes parsed per call: big enough to amortise, small enough for the cache
 PARALLEL_MIN_SIZE = 16 << 20  # below this, forking costs more than it saves
-CHUNK = 8 << 20  # bytes per parallel work unit
 
 
 def _serializer(nest: bool) -> Callable[[list[Event]], bytes]:
@@ -32,66 +32,42 @@ def _serializer(nest: bool) -> Callable[[list[Event]], bytes]:
     return lambda events: b"\n".join([dumps(e) for e in events]) + b"\n" if events else b""
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _parse_range(
+def parse_range(
     fd: int,
     start: int,
     end: int,
     parse: LineParser,
     path: str,
     stats: ParseStats,
-    serialize: Callable[[list[Event]], bytes],
-) -> list[bytes]:
-    """Parse bytes [start, end) of ``fd`` (both on line boundaries) into serialized blocks."""
+    serialize: Callable[[list[Event]], Any] | None,
+    keep: Callable[[Event], bool] | None = None,
+) -> list[Any]:
+    """Parse bytes [start, end) of ``fd`` (both on line boundaries), one result per block.
+
+    Each block's events go through ``serialize`` (or, with ``keep``, the list of those it
+    accepts); with neither the events are only parsed (warming up a parser's memory).
+    """
+    if keep is not None:
+        serialize = lambda events: [e for e in events if keep(e)]  # noqa: E731
     out = []
     pos = start
     rest = b""
     while pos < end:
         data = rest + os.pread(fd, min(BLOCK, end - pos), pos)
-        if not data:
-            break
         read_at = pos - len(rest)
         pos += len(data) - len(rest)
         cut = data.rfind(b"\n") + 1 if pos < end else len(data)
-        if cut == 0:  # no newline yet in this block: keep reading
-            rest = data
-            continue
         rest = data[cut:]
+        if cut == 0:  # no newline yet in this block: keep reading
+            continue
         events = parse_buffer(data[:cut], read_at, parse, path, stats)
-        if events:
+        if events and serialize is not None:
             out.append(serialize(events))
     if rest:
         events = parse_buffer(rest, end - len(rest), parse, path, stats)
-        if events:
+        if events and serialize is not None:
             out.append(serialize(events))
     return out
-
-
-def _boundaries(fd: int, size: int, chunk: int) -> list[int]:
-    """Offsets cutting the file into ~``chunk``-byte pieces, each just after a newline."""
-    cuts = [0]
-    pos = chunk
-    while pos < size:
-        probe = os.pread(fd, 1 << 16, pos)
-        nl = probe.find(b"\n")
-        while nl < 0 and probe:  # a very long line: look further
-            pos += len(probe)
-            probe = os.pread(fd, 1 << 16, pos)
-            nl = probe.find(b"\n")
-        if nl < 0:
-            break
-        cut = pos + nl + 1
-        if cut >= size:
-            break
-        cuts.append(cut)
-        pos = cut + chunk
-    cuts.append(size)
-    return cuts
 
 
 def _parallel(
@@ -103,56 +79,16 @@ def _parallel(
     serialize: Callable[[list[Event]], bytes],
     stats: ParseStats,
 ) -> None:
-    cuts = _boundaries(fd, size, CHUNK)
-    ranges = list(itertools.pairwise(cuts))
-    jobs = min(jobs, len(ranges))
-    sys.stdout.flush()
-    tokens = [os.pipe() for _ in range(jobs)]
-    results = [os.pipe() for _ in range(jobs)]
-    pids = []
-    for w in range(jobs):
-        pid = os.fork()
-        if pid == 0:  # worker
-            code = 0
-            try:
-                parse = make_parser()
-                mine = ParseStats()
-                for k in range(w, len(ranges), jobs):
-                    blocks = _parse_range(fd, *ranges[k], parse, path, mine, serialize)
-                    if k > 0:
-                        os.read(tokens[w][0], 1)  # wait for our turn
-                    for block in blocks:
-                        _write_all(1, block)
-                    os.write(tokens[(w + 1) % jobs][1], b"t")
-                os.write(results[w][1], orjson.dumps(mine.as_dict()))
-            except BrokenPipeError:
-                code = 0
-            except BaseException:  # report, then leave without running the parent's cleanup
-                import traceback
+    mine = ParseStats()
 
-                traceback.print_exc()
-                code = 1
-            os._exit(code)
-        pids.append(pid)
-    for _, w_end in results:
-        os.close(w_end)
-    failed = False
-    for w, pid in enumerate(pids):
-        _, status = os.waitpid(pid, 0)
-        failed |= status != 0
-        data = b""
-        while chunk := os.read(results[w][0], 65536):
-            data += chunk
-        if data:
-            for name, value in orjson.loads(data).items():
-                setattr(stats, name, getattr(stats, name) + value)
-    for r, w_end in tokens:
-        os.close(r)
-        os.close(w_end)
-    for r, _ in results:
-        os.close(r)
-    if failed:
-        raise RuntimeError("a parse worker failed (see its error above)")
+    def work(start: int, end: int, warm: int) -> bytes:
+        parse = make_parser()
+        parse_range(fd, warm, start, parse, path, ParseStats(), None)
+        return b"".join(parse_range(fd, start, end, parse, path, mine, serialize))
+
+    sys.stdout.flush()
+    for trailer in map_chunks(fd, size, jobs, work, lambda: orjson.dumps(mine.as_dict()), direct_fd=1):
+        stats.add(orjson.loads(trailer))
 
 
 def _sequential(

@@ -11,7 +11,6 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from sentinel import __version__
@@ -118,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--format", choices=_FORMATS, default="auto", help="input format (default: auto)")
     p.add_argument("--year", type=int, default=None, help="year for syslog stamps that carry none")
     p.add_argument("--stats", action="store_true", help="print counts to stderr at the end")
+    p.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
+                   help="parallel parsing workers for large files (default: one per CPU core; 1 disables)")
 
     rules = sub.add_parser(
         "rules",
@@ -207,7 +208,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from sentinel.replay import replay
 
     try:
-        return replay(args.files, settings, args.rules, fmt=args.format, year=args.year, show_stats=args.stats)
+        return replay(args.files, settings, args.rules, fmt=args.format, year=args.year, show_stats=args.stats,
+                      jobs=args.jobs)
     except RuleError as exc:
         print(f"sentinel: {exc}", file=sys.stderr)
         return 2

@@ -1,11 +1,319 @@
-"""Daemon lifecycle (being written)."""
+"""``sentinel run``: sources → (stages) → store, until SIGTERM/SIGINT.
+
+Threads, one direction of flow::
+
+    source thread ─┐
+    source thread ─┼─▶ BatchQueue (bounded, in events) ─▶ writer thread: stages, store.commit
+    source thread ─┘
+
+Each source runs under a supervisor that restarts it with exponential backoff when it fails
+(a permission problem, a missing journal), so one broken source never stops the others.
+A full queue blocks the sources (back-pressure: they read on when there is room; nothing is
+dropped).  A batch's events and its source's checkpoint are committed in one transaction, so a
+crash at any point resumes exactly where the store stands.  :data:`Stage` functions run on the
+writer thread between parsing and the store: that is where the rules engine will plug in.
+"""
 
 from __future__ import annotations
 
+import collections
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
+from typing import Final
 
-from sentinel.config import Settings
+from sentinel import __version__
+from sentinel.collectors.sources.base import Batch, Source
+from sentinel.config import FileSourceSettings, JournaldSourceSettings, Settings, SourceSettings
+from sentinel.logging import setup_logging
+from sentinel.store import SQLiteStore
+
+log = logging.getLogger(__name__)
+
+#: Transforms a batch on its way to the store (the rules engine will add findings here).
+Stage = Callable[[Batch], Batch]
+
+#: Events the writer commits in one transaction at most.
+WRITE_BATCH_EVENTS: Final = 5000
+#: How long stopping may take: sources first, then draining the queue into the store.
+SOURCE_STOP_TIMEOUT: Final = 3.0
+WRITER_STOP_TIMEOUT: Final = 5.0
+MAX_BACKOFF: Final = 60.0
+
+
+class QueueClosed(Exception):
+    """The daemon is stopping: the batch was not queued (its source will re-read it on restart)."""
+
+
+class BatchQueue:
+    """A FIFO of batches bounded by the number of events waiting in it.
+
+    ``put`` blocks while it is full (one batch larger than the bound still fits in an empty
+    queue); an event-less batch (a checkpoint only) counts as one.
+    """
+
+    def __init__(self, max_events: int) -> None:
+        self.max_events = max_events
+        self._items: collections.deque[Batch] = collections.deque()
+        self._pending = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def put(self, batch: Batch) -> None:
+        """Queue ``batch``, waiting for room; raise :class:`QueueClosed` once closed."""
+        size = max(1, len(batch.events))
+        with self._cond:
+            while not self._closed and self._pending and self._pending + size > self.max_events:
+                self._cond.wait()
+            if self._closed:
+                raise QueueClosed
+            self._items.append(batch)
+            self._pending += size
+            self._cond.notify_all()
+
+    def get_many(self, max_events: int, timeout: float) -> list[Batch] | None:
+        """Up to ``max_events`` worth of batches (at least one if any arrive within ``timeout``).
+
+        Returns None once the queue is closed and empty.
+        """
+        with self._cond:
+            if not self._items and not self._closed:
+                self._cond.wait(timeout)
+            if not self._items:
+                return None if self._closed else []
+            out: list[Batch] = []
+            taken = 0
+            while self._items and (not out or taken + len(self._items[0].events) <= max_events):
+                batch = self._items.popleft()
+                out.append(batch)
+                taken += len(batch.events)
+                self._pending -= max(1, len(batch.events))
+            self._cond.notify_all()
+            return out
+
+    def close(self) -> None:
+        """Refuse further batches; ``get_many`` still returns what is queued."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+
+def source_name(spec: SourceSettings) -> str:
+    """The configured name, else one derived from what the source reads."""
+    if spec.name:
+        return spec.name
+    if isinstance(spec, FileSourceSettings):
+        return "file:" + ",".join(str(p) for p in spec.paths)
+    where = spec.directory or (",".join(str(p) for p in spec.files) if spec.files else "")
+    return f"journald:{where}" if where else "journald"
+
+
+class Daemon:
+    """Sources, queue, writer and store, started and stopped as one."""
+
+    def __init__(self, settings: Settings, store: SQLiteStore, stages: Sequence[Stage] = ()) -> None:
+        self.settings = settings
+        self.store = store
+        self.stages = list(stages)
+        self.queue = BatchQueue(settings.collectors.queue_size)
+        self.sources: list[Source] = []
+        self._stop = threading.Event()  # sources stop reading
+        self._abort = threading.Event()  # the writer gives up retrying a failing commit
+        self._threads: list[threading.Thread] = []
+        self._writer: threading.Thread | None = None
+        #: First wait before restarting a failed source (doubles up to MAX_BACKOFF).
+        self.retry_delay = 1.0
+
+    def build_sources(self) -> None:
+        """One :class:`Source` per configured source; a source that cannot be built is logged."""
+        names = [source_name(spec) for spec in self.settings.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(
+                f"two sources share the name {', '.join(map(repr, dupes))}: give them distinct `name`s "
+                "(a name keys the source's checkpoint)"
+            )
+        for spec, name in zip(self.settings.sources, names, strict=True):
+            try:
+                source = self._make_source(spec, name)
+            except Exception as exc:
+                log.error("source %s cannot be started: %s", name, exc, extra={"source": name})
+                continue
+            self.sources.append(source)
+
+    def _make_source(self, spec: SourceSettings, name: str) -> Source:
+        collectors = self.settings.collectors
+        checkpoint = self.store.checkpoint(name)
+        if isinstance(spec, FileSourceSettings):
+            from sentinel.collectors.sources.file import FileSource
+
+            log.info(
+                "watching %s: %s (format %s, %s)",
+                name, ", ".join(map(str, spec.paths)), spec.format,
+                "resuming from checkpoint" if checkpoint is not None else f"start at {spec.start_at}",
+                extra={"source": name},
+            )
+            return FileSource(
+                name, spec, checkpoint,
+                poll_interval=collectors.poll_interval, max_line_bytes=collectors.max_line_bytes,
+            )
+        assert isinstance(spec, JournaldSourceSettings)
+        from sentinel.collectors.sources.journald import JournaldSource
+
+        log.info(
+            "watching %s: the journal%s (%s)",
+            name, f" in {spec.directory}" if spec.directory else "",
+            "resuming from checkpoint" if checkpoint is not None else f"start at {spec.start_at}",
+            extra={"source": name},
+        )
+        return JournaldSource(name, spec, checkpoint, collectors.max_line_bytes)
+
+    def start(self) -> None:
+        """Start the writer, then one supervised thread per source."""
+        self._writer = threading.Thread(target=self._write_loop, name="sentinel-writer", daemon=True)
+        self._writer.start()
+        for source in self.sources:
+            t = threading.Thread(
+                target=self._supervise, args=(source,), name=f"source-{source.name}", daemon=True
+            )
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> bool:
+        """Stop the sources, store what they handed on, close the store.  True if all stopped."""
+        self._stop.set()
+        deadline = time.monotonic() + SOURCE_STOP_TIMEOUT
+        clean = True
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                log.warning("source thread %s did not stop in time; its unstored lines will be read again", t.name)
+                clean = False
+        self.queue.close()
+        if self._writer is not None:
+            self._writer.join(WRITER_STOP_TIMEOUT)
+            if self._writer.is_alive():
+                self._abort.set()
+                self._writer.join(1.0)
+                clean = False
+        self.store.close()
+        return clean
+
+    # -- threads -------------------------------------------------------------------------------
+
+    def _supervise(self, source: Source) -> None:
+        """Run ``source`` until the daemon stops, restarting it with backoff when it fails."""
+        delay = self.retry_delay
+        last_error: str | None = None
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                source.run(self.queue.put, self._stop)
+                if self._stop.is_set():
+                    return
+                message = "stopped by itself"
+                exc_info = False
+            except QueueClosed:
+                return
+            except Exception as exc:
+                message = str(exc) or type(exc).__name__
+                # Expected trouble (files, permissions, a missing journal) needs no traceback.
+                exc_info = not isinstance(exc, (OSError, RuntimeError, ValueError))
+            if message != last_error:
+                log.error(
+                    "source %s failed: %s; retrying in %gs",
+                    source.name, message, delay, extra={"source": source.name}, exc_info=exc_info,
+                )
+            else:
+                log.debug("source %s failed again: %s", source.name, message)
+            source.status.last_error = last_error = message
+            if time.monotonic() - started > MAX_BACKOFF:
+                delay = self.retry_delay  # it ran fine for a while: a new problem
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 2, MAX_BACKOFF)
+
+    def _write_loop(self) -> None:
+        """Take batches off the queue, run the stages, commit; retry a failed commit forever."""
+        while True:
+            batches = self.queue.get_many(WRITE_BATCH_EVENTS, timeout=0.5)
+            if batches is None:
+                return
+            if not batches:
+                continue
+            for stage in self.stages:
+                batches = [stage(b) for b in batches]
+            self._commit(batches)
+
+    def _commit(self, batches: list[Batch]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self.store.commit_many(batches)
+                return
+            except Exception as exc:
+                if self._abort.is_set():
+                    log.error(
+                        "giving up storing %d events at shutdown (%s); they will be read again on restart",
+                        sum(len(b.events) for b in batches), exc,
+                    )
+                    return
+                log.error("cannot write to the store (%s); retrying in %.1fs", exc, delay)
+                self._abort.wait(delay)
+                delay = min(delay * 2, 10.0)
 
 
 def run_daemon(settings: Settings, config_path: Path) -> int:
-    raise NotImplementedError
+    """Run in the foreground until SIGTERM/SIGINT; 0 on a clean stop, 1 if it cannot start."""
+    setup_logging(settings.daemon.log_level, settings.daemon.log_format)
+    state_dir = settings.daemon.state_dir
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    except OSError as exc:
+        log.error("cannot create the state directory %s: %s", state_dir, exc.strerror or exc)
+        return 1
+    db_path = settings.store.sqlite_path(state_dir)
+    try:
+        store = SQLiteStore(db_path)
+    except Exception as exc:
+        log.error("cannot open the event store %s: %s", db_path, exc)
+        return 1
+    log.info("sentinel %s starting (config %s, store %s)", __version__, config_path, db_path)
+
+    daemon = Daemon(settings, store)
+    try:
+        daemon.build_sources()
+    except ValueError as exc:
+        log.error("%s", exc)
+        store.close()
+        return 2
+    if not settings.sources:
+        log.warning("no sources configured: nothing to watch (add [[sources]] to %s)", config_path)
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not stopping.is_set():
+            log.info("received %s; stopping", signal.Signals(signum).name)
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        daemon.start()
+        log.info("running with %d of %d sources", len(daemon.sources), len(settings.sources))
+        while not stopping.wait(1.0):
+            pass
+        clean = daemon.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("stopped%s", "" if clean else " (some threads did not finish in time)")
+    return 0

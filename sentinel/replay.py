@@ -8,6 +8,7 @@ on a terminal (never when standard error is not one).
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -15,11 +16,14 @@ from pathlib import Path
 
 import orjson
 
-from sentinel.collectors.parsers import get_parser
+from sentinel.collectors.parallel import map_chunks
+from sentinel.collectors.parse_files import PARALLEL_MIN_SIZE, parse_range
+from sentinel.collectors.parsers import LineParser, get_parser
 from sentinel.collectors.parsers.lines import ParseStats, parse_buffer
 from sentinel.config import Settings
 from sentinel.engine.engine import Engine, EngineOptions
 from sentinel.engine.rule import load_rules
+from sentinel.event import Event
 
 BLOCK = 1 << 20
 
@@ -69,9 +73,47 @@ def _progress(total: int) -> tuple[AbstractContextManager[object], Callable[[int
     return bar, lambda n: bar.advance(task, n)
 
 
+def _parallel(
+    name: str,
+    jobs: int,
+    engine: Engine,
+    make_parser: Callable[[], LineParser],
+    stats: ParseStats,
+    feed: Callable[[list[Event]], None],
+    advance: Callable[[int], None],
+) -> None:
+    """Parse in forked workers, which keep only the events some rule wants; evaluate here, in order."""
+    wants = engine.wants
+    mine = ParseStats()
+    fd = os.open(name, os.O_RDONLY)
+    try:
+
+        def work(start: int, end: int, warm: int) -> bytes:
+            parse = make_parser()
+            parse_range(fd, warm, start, parse, name, ParseStats(), None)
+            kept = [e for block in parse_range(fd, start, end, parse, name, mine, None, keep=wants) for e in block]
+            return pickle.dumps((end - start, kept), protocol=pickle.HIGHEST_PROTOCOL)
+
+        def emit(data: bytes) -> None:
+            size, events = pickle.loads(data)  # noqa: S301 - from our own forked worker
+            advance(size)
+            feed(events)
+
+        size = os.fstat(fd).st_size
+        for trailer in map_chunks(fd, size, jobs, work, lambda: orjson.dumps(mine.as_dict()), emit=emit):
+            stats.add(orjson.loads(trailer))
+    finally:
+        os.close(fd)
+
+
 def replay(
-    files: list[str], settings: Settings, rule_dirs: list[Path], fmt: str = "auto", year: int | None = None,
+    files: list[str],
+    settings: Settings,
+    rule_dirs: list[Path],
+    fmt: str = "auto",
+    year: int | None = None,
     show_stats: bool = False,
+    jobs: int = 0,
 ) -> int:
     """Print the findings the rules make of ``files``; return the exit status."""
     rules = load_rules([*settings.rules.directories, *rule_dirs], settings.rules.disabled)
@@ -83,14 +125,22 @@ def replay(
     bar, advance = _progress(total)
     process = engine.process
     dumps = orjson.dumps
+
+    def feed(events: list[Event]) -> None:
+        for event in events:
+            for finding in process(event):
+                out.write(dumps(finding) + b"\n")
+
+    jobs = jobs if jobs > 0 else (os.cpu_count() or 1)
     with bar:
         for name in files:
             path = None if name == "-" else name
             try:
+                if jobs > 1 and name != "-" and os.path.isfile(name) and os.path.getsize(name) >= PARALLEL_MIN_SIZE:
+                    _parallel(name, jobs, engine, lambda: get_parser(fmt, year), stats, feed, advance)
+                    continue
                 for offset, block in _blocks(name, advance):
-                    for event in parse_buffer(block, offset, parse, path, stats):
-                        for finding in process(event):
-                            out.write(dumps(finding) + b"\n")
+                    feed(parse_buffer(block, offset, parse, path, stats))
             except OSError as exc:
                 print(f"sentinel: {name}: {exc.strerror}", file=sys.stderr)
                 return 1

@@ -30,6 +30,11 @@ class ParseStats:
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def add(self, counts: dict[str, int]) -> None:
+        """Add another stage's counters (e.g. a parallel worker's) to these."""
+        for name, value in counts.items():
+            setattr(self, name, getattr(self, name) + value)
+
 
 def parse_buffer(
     data: bytes,

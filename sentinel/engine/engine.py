@@ -9,6 +9,7 @@ the rule's identity and ATT&CK techniques, the ids of the events that made it fi
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -58,15 +59,19 @@ def _network_key(ip: str, v4: int, v6: int) -> str:
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
+def _match_key(rule: Rule) -> str:
+    return json.dumps({k: v.model_dump(exclude_none=True) for k, v in rule.match.items()}, sort_keys=True)
+
+
 _ADDRESS_FIELDS = frozenset({"source.ip", "destination.ip", "client.ip"})
 
 
 class CompiledRule:
     """A rule with its predicate, key function and state."""
 
-    def __init__(self, rule: Rule, options: EngineOptions) -> None:
+    def __init__(self, rule: Rule, options: EngineOptions, matches: Predicate) -> None:
         self.rule = rule
-        self.matches: Predicate = compile_match(rule.match)
+        self.matches = matches
         cond = rule.condition
         self.state: CountWindows | DistinctWindows | NewValues | None
         if cond.type == "count":
@@ -102,7 +107,7 @@ class CompiledRule:
             value = event.get(name)
             if value is None:
                 return None
-            if name in _ADDRESS_FIELDS:
+            if name in _ADDRESS_FIELDS and (self.v4 != 32 or ":" in value):
                 value = _network_key(value, self.v4, self.v6)
             parts.append(value)
         if len(parts) == 1:
@@ -115,13 +120,31 @@ class Engine:
 
     def __init__(self, rules: Iterable[Rule], options: EngineOptions | None = None) -> None:
         self.options = options or EngineOptions()
-        self.rules = [CompiledRule(r, self.options) for r in rules]
+        # Rules with the same match share one predicate, evaluated once per event (they sit
+        # next to each other in evaluation order).
+        predicates: dict[str, Predicate] = {}
+        self.rules = []
+        for rule in sorted(rules, key=_match_key):
+            key = _match_key(rule)
+            if key not in predicates:
+                predicates[key] = compile_match(rule.match)
+            self.rules.append(CompiledRule(rule, self.options, predicates[key]))
         self.allowlist = Allowlist(self.options.allowlist, self.options.own_addresses)
         self.stats = EngineStats()
         self.watermark = 0.0  # the latest event time seen
         self._next_expiry = 0.0
         self._twins: dict[tuple[Any, ...], list[int]] = {}
         self._offences: dict[str, list[float]] = {}
+
+    def wants(self, event: Event) -> bool:
+        """True if any rule's match accepts ``event`` (a cheap prefilter for parallel replay)."""
+        last: Predicate | None = None
+        for cr in self.rules:
+            if cr.matches is not last:
+                last = cr.matches
+                if last(event):
+                    return True
+        return False
 
     # -- attempts -------------------------------------------------------------------------
     def _attempts(self, event: Event) -> int:
@@ -161,8 +184,13 @@ class Engine:
         t: float | None = None
         n = -1
         eid = 0
+        last: Predicate | None = None
+        ok = False
         for cr in self.rules:
-            if not cr.matches(event):
+            if cr.matches is not last:
+                last = cr.matches
+                ok = last(event)
+            if not ok:
                 continue
             if t is None:
                 t = event_time(event["@timestamp"])

@@ -76,20 +76,29 @@ def compile_field(name: str, cond: FieldCondition) -> Predicate:
 
 
 def compile_match(match: dict[str, FieldCondition]) -> Predicate:
-    """All of the rule's field conditions, cheapest-to-reject first."""
+    """All of the rule's field conditions as one generated expression, cheapest-to-reject first.
+
+    Plain equality and existence conditions become inline dict look-ups (no call per field);
+    the others call their compiled closure.  Only constants and field names (as ``repr``)
+    enter the generated source.
+    """
     # Equality on event.outcome / event.kind rejects most events in one dict lookup.
     order = sorted(match.items(), key=lambda kv: (kv[0] not in ("event.outcome", "event.kind"), kv[0]))
-    preds = tuple(compile_field(name, cond) for name, cond in order)
-    if len(preds) == 1:
-        return preds[0]
-    if len(preds) == 2:
-        a, b = preds
-        return lambda e: a(e) and b(e)
-    if len(preds) == 3:
-        a, b, c = preds
-        return lambda e: a(e) and b(e) and c(e)
-
-    def all_of(e: Event) -> bool:
-        return all(p(e) for p in preds)
-
-    return all_of
+    namespace: dict[str, Any] = {}
+    terms = []
+    for i, (name, cond) in enumerate(order):
+        simple = cond.model_dump(exclude_none=True)
+        if set(simple) == {"equals"}:
+            namespace[f"c{i}"] = frozenset(cond.equals or ())
+            if name in LIST_FIELDS:
+                terms.append(f"not c{i}.isdisjoint(e.get({name!r}) or ())")
+            else:
+                terms.append(f"e.get({name!r}) in c{i}")
+        elif set(simple) == {"exists"}:
+            terms.append(f"e.get({name!r}) is {'not ' if cond.exists else ''}None")
+        else:
+            namespace[f"p{i}"] = compile_field(name, cond)
+            terms.append(f"p{i}(e)")
+    source = "lambda e: " + " and ".join(terms)
+    predicate: Predicate = eval(source, namespace)  # noqa: S307 - built from constants and repr()s only
+    return predicate

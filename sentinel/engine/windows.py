@@ -88,40 +88,45 @@ class CountWindows:
 class DistinctWindows:
     """Fires when one key shows ``threshold`` distinct values of a field within ``window``."""
 
-    __slots__ = ("_state", "max_keys", "stats", "threshold", "window_ms")
+    __slots__ = ("_newest", "_state", "max_keys", "stats", "threshold", "window_ms")
 
     def __init__(self, threshold: int, window: float, max_keys: int) -> None:
         self.threshold = threshold
         self.window_ms = int(window * 1000)
         self.max_keys = max_keys
         self.stats = WindowStats()
-        self._state: dict[Any, dict[Any, int]] = {}
+        self._state: dict[Any, dict[Any, int]] = {}  # key -> {value: newest entry with it}
+        self._newest: dict[Any, int] = {}  # key -> newest entry of any value
 
     def add(self, key: Any, value: Any, entry: int) -> list[int] | None:
         state = self._state
         values = state.get(key)
         if values is None:
             if len(state) >= self.max_keys:
-                del state[next(iter(state))]
+                oldest = next(iter(state))
+                del state[oldest], self._newest[oldest]
                 self.stats.evicted += 1
             values = state[key] = {}
-        values[value] = max(entry, values.get(value, 0))
-        newest = max(values.values()) >> _ID_BITS
-        limit = newest - self.window_ms
+            newest = entry
+        else:
+            newest = max(entry, self._newest[key])
+        self._newest[key] = newest
+        if entry > values.get(value, 0):
+            values[value] = entry
         if len(values) >= self.threshold:
-            for v in [v for v, e in values.items() if (e >> _ID_BITS) < limit]:
+            limit = ((newest >> _ID_BITS) - self.window_ms) << _ID_BITS
+            for v in [v for v, e in values.items() if e < limit]:
                 del values[v]
             if len(values) >= self.threshold:
-                del state[key]
+                del state[key], self._newest[key]
                 return sorted(values.values())
         return None
 
     def expire(self, now: float) -> None:
         limit = (int(now * 1000) - self.window_ms) << _ID_BITS
-        state = self._state
-        stale = [k for k, vals in state.items() if max(vals.values()) < limit]
+        stale = [k for k, newest in self._newest.items() if newest < limit]
         for k in stale:
-            del state[k]
+            del self._state[k], self._newest[k]
         self.stats.expired += len(stale)
 
     def __len__(self) -> int:

@@ -4,9 +4,10 @@
 #   libsystemd-dev pkg-config gcc python3-dev  build systemd-python (journal reader)
 #   fail2ban sshguard        peers for the side-by-side benchmarks
 #   iptables ipset nftables iproute2  the firewall responders' tests (network namespaces)
+#   tcpdump libpcap0.8       libpcap compiles the packet sensor's BPF filter
 set -euo pipefail
 packages=(python3-venv python3-dev systemd-journal-remote libsystemd-dev pkg-config gcc fail2ban sshguard
-          iptables ipset nftables iproute2)
+          iptables ipset nftables iproute2 tcpdump libpcap0.8)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -21,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sentinel.collectors.sources.packets import PacketSensorSettings
 from sentinel.engine.durations import Duration
 
 ENV_PREFIX = "SENTINEL_"
@@ -140,6 +141,7 @@ class Settings(BaseSettings):
     responders: ResponderSettings = ResponderSettings()
     rules: RulesSettings = RulesSettings()
     engine: EngineSettings = EngineSettings()
+    packet_sensor: PacketSensorSettings = Field(default_factory=PacketSensorSettings)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from sentinel.config import ConfigError, FileSourceSettings, load_settings
 
@@ -18,13 +19,11 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     assert settings.responders.dry_run is True
     assert settings.store.backend == "sqlite"
     text = (ROOT / "config.example.toml").read_text()
-    for section, model in (
-        ("daemon", settings.daemon),
-        ("collectors", settings.collectors),
-        ("store", settings.store),
-        ("responders", settings.responders),
-    ):
-        assert f"[{section}]" in text
+    for section in type(settings).model_fields:
+        model = getattr(settings, section)
+        if not isinstance(model, BaseModel):
+            continue
+        assert f"[{section}]" in text, f"config.example.toml has no [{section}] section"
         for key in type(model).model_fields:
             assert f"{key} =" in text, f"config.example.toml does not document {section}.{key}"
     for source_model in {type(s) for s in settings.sources}:

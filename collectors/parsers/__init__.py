@@ -27,7 +27,7 @@ MessageParser = Callable[[str], Event | None]
 
 
 def _programs() -> tuple[dict[str, MessageParser], MessageParser]:
-    from sentinel.collectors.parsers import dropbear, pam, ssh, sudo
+    from sentinel.collectors.parsers import dropbear, pam, ssh, sudo, web
 
     programs: dict[str, MessageParser] = {
         "sshd": ssh.parse,
@@ -36,8 +36,14 @@ def _programs() -> tuple[dict[str, MessageParser], MessageParser]:
         "dropbear": dropbear.parse,
         "sudo": sudo.parse_sudo,
         "su": sudo.parse_su,
+        # web servers' error logs through syslog / the journal (ErrorLog syslog, error_log syslog:)
+        "nginx": web.parse_error_message,
+        "apache2": web.parse_error_message,
+        "apache": web.parse_error_message,
+        "httpd": web.parse_error_message,
     }
-    return programs, pam.parse
+    # Tags with a suffix ("httpd/backend1") are not in the table: the fallback tries them too.
+    return programs, web.with_error_fallback(pam.parse)
 
 
 def get_parser(fmt: str = "auto", year: int | None = None) -> LineParser:

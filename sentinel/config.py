@@ -22,7 +22,9 @@ from pydantic_settings import (
 )
 
 from sentinel.collectors.sources.packets import PacketSensorSettings
+from sentinel.collectors.sources.ports import PortAuditSettings
 from sentinel.engine.durations import Duration
+from sentinel.enrich.geoip import GeoIPSettings
 
 ENV_PREFIX = "SENTINEL_"
 ENV_DELIMITER = "__"
@@ -141,6 +143,8 @@ class Settings(BaseSettings):
     responders: ResponderSettings = ResponderSettings()
     rules: RulesSettings = RulesSettings()
     engine: EngineSettings = EngineSettings()
+    geoip: GeoIPSettings = Field(default_factory=GeoIPSettings)
+    ports: PortAuditSettings = Field(default_factory=PortAuditSettings)
     packet_sensor: PacketSensorSettings = Field(default_factory=PacketSensorSettings)
 
 

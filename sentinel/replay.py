@@ -23,6 +23,7 @@ from sentinel.collectors.parsers.lines import ParseStats, parse_buffer
 from sentinel.config import Settings
 from sentinel.engine.engine import Engine, EngineOptions
 from sentinel.engine.rule import load_rules
+from sentinel.enrich.geoip import GeoIPError, open_enricher
 from sentinel.event import Event
 
 BLOCK = 1 << 20
@@ -114,10 +115,17 @@ def replay(
     year: int | None = None,
     show_stats: bool = False,
     jobs: int = 0,
+    geoip_db: Path | None = None,
 ) -> int:
     """Print the findings the rules make of ``files``; return the exit status."""
     rules = load_rules([*settings.rules.directories, *rule_dirs], settings.rules.disabled)
     engine = Engine(rules, engine_options(settings))
+    geo = settings.geoip if geoip_db is None else settings.geoip.model_copy(update={"database": geoip_db})
+    try:
+        enricher = open_enricher(geo)
+    except GeoIPError as exc:
+        print(f"sentinel: {exc}", file=sys.stderr)
+        return 2
     parse = get_parser(fmt, year)
     stats = ParseStats()
     out = sys.stdout.buffer
@@ -126,8 +134,12 @@ def replay(
     process = engine.process
     dumps = orjson.dumps
 
+    enrich = enricher.enrich if enricher is not None else None
+
     def feed(events: list[Event]) -> None:
         for event in events:
+            if enrich is not None:
+                enrich(event)
             for finding in process(event):
                 out.write(dumps(finding) + b"\n")
 
@@ -145,6 +157,8 @@ def replay(
                 print(f"sentinel: {name}: {exc.strerror}", file=sys.stderr)
                 return 1
     out.flush()
+    if enricher is not None:
+        enricher.close()
     if show_stats:
         e = engine.stats
         print(

@@ -245,3 +245,12 @@ def test_cooldown_keeps_one_finding_per_key_per_period() -> None:
     assert len(run(engine, events)) == 1
     assert engine.stats.cooled == 3
     assert len(run(engine, [failure(f"198.51.100.{i}", 4000 + i, user="alice") for i in range(3)])) == 1
+
+
+def test_dormant_account_is_not_relearnt_silently() -> None:
+    from sentinel.engine.windows import NewValues
+
+    seen = NewValues(remember=100.0, max_keys=10)
+    assert seen.add("alice", "DE", 0.0) == (False, [])  # first country: learnt
+    seen.expire(1000.0)  # DE forgotten, alice still known
+    assert seen.add("alice", "BR", 1000.0) == (True, [])

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from hashlib import blake2b
 from typing import Any
 
 from sentinel.engine.allowlist import Allowlist
@@ -59,9 +60,23 @@ def _network_key(ip: str, v4: int, v6: int) -> str:
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
+def _id_int(eid: str) -> int:
+    """An event id as the 64-bit int the windows store (ids from outside may not be hex)."""
+    try:
+        return int(eid[-16:], 16)
+    except ValueError:
+        return int.from_bytes(blake2b(eid.encode(), digest_size=8).digest(), "big")
+
+
 def _match_key(rule: Rule) -> str:
     return json.dumps({k: v.model_dump(exclude_none=True) for k, v in rule.match.items()}, sort_keys=True)
 
+
+#: Fields every finding takes from the event that completed it, when present.
+_CARRIED = ("host.hostname", "user.name", "source.ip", "source.address", "source.geo.country_iso_code",
+            "source.geo.country_name", "source.geo.city_name", "source.as.number", "source.as.organization.name",
+            "sentinel.travel.speed_kmh", "sentinel.travel.distance_km", "sentinel.travel.previous_country",
+            "sentinel.travel.elapsed_s")
 
 _ADDRESS_FIELDS = frozenset({"source.ip", "destination.ip", "client.ip"})
 
@@ -200,7 +215,7 @@ class Engine:
                         self._expire()
                 elif t < self.watermark - self.options.late_tolerance:
                     self.stats.late += 1
-                eid = int(event_id(event), 16)
+                eid = _id_int(event_id(event))
             key = cr.key(event)
             if key is None:
                 continue
@@ -277,7 +292,7 @@ class Engine:
             "sentinel.count": max(count, len(entries)),
             "sentinel.trigger_event_ids": ids,
         }
-        for name in ("host.hostname", "user.name", "source.ip", "source.address", "source.geo.country_iso_code"):
+        for name in (*_CARRIED, *rule.carry):
             if name in event:
                 finding[name] = event[name]
         if len(cr.by) == 1:

@@ -144,6 +144,8 @@ class Rule(_Strict):
     attempts: bool = True
     group: Group = Group()
     condition: Condition = Condition()
+    #: Fields copied from the event that completed the finding (besides host, user and source).
+    carry: list[str] = Field(default_factory=list)
     #: After a finding, the same key stays quiet this long (suppressed findings are counted):
     #: one alert per account per hour rather than one per burst.
     cooldown: Duration = 0.0

@@ -164,13 +164,16 @@ class NewValues:
         return (last is None or t - last > self.remember, known)
 
     def expire(self, now: float) -> None:
-        for key in list(self._state):
-            seen = self._state[key]
-            for v in [v for v, last in seen.items() if now - last > self.remember]:
+        """Forget values not seen within ``remember``.
+
+        The key itself stays (with no values): an account idle for months whose next login
+        comes from a new country is exactly the takeover to report, not one to learn silently.
+        """
+        for seen in self._state.values():
+            stale = [v for v, last in seen.items() if now - last > self.remember]
+            for v in stale:
                 del seen[v]
-            if not seen:
-                del self._state[key]
-                self.stats.expired += 1
+            self.stats.expired += len(stale)
 
     def dump(self) -> dict[str, dict[str, float]]:
         return self._state

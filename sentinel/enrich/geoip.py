@@ -109,13 +109,14 @@ class GeoIPSettings(BaseModel):
     locales: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
     #: Which events are looked up, by ``event.outcome`` and ``event.category`` (an empty list
     #: of categories means any).  Only what rules use: successful authentications.
-    enrich_outcomes: list[Outcome] = Field(default_factory=lambda: ["success"], min_length=1)
+    enrich_outcomes: list[Outcome] = Field(default_factory=lambda: list[Outcome](["success"]), min_length=1)
     enrich_categories: list[str] = Field(default_factory=lambda: ["authentication"])
-    #: Addresses whose lookup result is cached (about 1 KiB each); 0 disables the cache.
+    #: Addresses whose lookup result is cached (about 600 bytes each); 0 disables the cache.
     cache_size: int = Field(default=65536, ge=0, le=10_000_000)
     #: Impossible travel: remember each account's last successful login place and time.
     travel: bool = True
-    #: Accounts remembered for the travel check; beyond it the least recently seen is forgotten.
+    #: Accounts remembered for the travel check (about 250 bytes each); beyond it the least
+    #: recently seen is forgotten.
     travel_max_accounts: int = Field(default=100_000, ge=1)
     #: Moves shorter than this are not travel: IP geolocation is often a few hundred km off
     #: (mobile carriers, regional hubs).  A change of country is the other rule's business.
@@ -308,7 +309,11 @@ class GeoIPEnricher:
         self._asn_reader: geoip2.database.Reader | None = None
         self._asn: Callable[[str], tuple[int | None, str | None]] | None = None
         if s.asn_database is not None:
-            self._open_asn(s.asn_database)
+            try:
+                self._open_asn(s.asn_database)
+            except GeoIPError:
+                self.close()
+                raise
         self._outcomes = frozenset(s.enrich_outcomes)
         self._categories = frozenset(s.enrich_categories) or None
         self.travel = TravelMemory(s.travel_max_accounts, s.travel_min_distance_km) if s.travel else None
@@ -332,7 +337,6 @@ class GeoIPEnricher:
                 return r.autonomous_system_number, r.autonomous_system_organization
 
         else:
-            self.close()
             raise GeoIPError(f"{path}: a {kind} database, not an ASN or ISP one")
         _describe(path, reader)
         self._asn = lookup

@@ -8,6 +8,7 @@ processes.  Small files, pipes and ``--jobs 1`` take the single-process path.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -26,10 +27,22 @@ PARALLEL_MIN_SIZE = 16 << 20  # below this, forking costs more than it saves
 
 
 def _serializer(nest: bool) -> Callable[[list[Event]], bytes]:
+    """NDJSON for a block of events: one growing buffer, which is several times cheaper
+    than joining thousands of small ``bytes`` objects."""
     dumps = orjson.dumps
-    if nest:
-        return lambda events: b"".join([dumps(nested(e)) + b"\n" for e in events])
-    return lambda events: b"\n".join([dumps(e) for e in events]) + b"\n" if events else b""
+    newline = orjson.OPT_APPEND_NEWLINE
+
+    def serialize(events: list[Event]) -> bytes:
+        buf = bytearray()
+        if nest:
+            for e in events:
+                buf += dumps(nested(e), option=newline)
+        else:
+            for e in events:
+                buf += dumps(e, option=newline)
+        return bytes(buf)
+
+    return serialize
 
 
 def parse_range(
@@ -159,6 +172,9 @@ def parse_files(
     jobs: int = 0,
 ) -> int:
     """Print the events of ``files`` as NDJSON; return the process exit status."""
+    # Events hold no reference cycles: the cyclic collector would only rescan them (~20% of
+    # the time on a large file).  This is a short-lived command, so switch it off.
+    gc.disable()
     serialize = _serializer(nested)
     stats = ParseStats()
     jobs = jobs if jobs > 0 else (os.cpu_count() or 1)

@@ -157,20 +157,26 @@ class Daemon:
 
             log.info(
                 "watching %s: %s (format %s, %s)",
-                name, ", ".join(map(str, spec.paths)), spec.format,
+                name,
+                ", ".join(map(str, spec.paths)),
+                spec.format,
                 "resuming from checkpoint" if checkpoint is not None else f"start at {spec.start_at}",
                 extra={"source": name},
             )
             return FileSource(
-                name, spec, checkpoint,
-                poll_interval=collectors.poll_interval, max_line_bytes=collectors.max_line_bytes,
+                name,
+                spec,
+                checkpoint,
+                poll_interval=collectors.poll_interval,
+                max_line_bytes=collectors.max_line_bytes,
             )
         assert isinstance(spec, JournaldSourceSettings)
         from sentinel.collectors.sources.journald import JournaldSource
 
         log.info(
             "watching %s: the journal%s (%s)",
-            name, f" in {spec.directory}" if spec.directory else "",
+            name,
+            f" in {spec.directory}" if spec.directory else "",
             "resuming from checkpoint" if checkpoint is not None else f"start at {spec.start_at}",
             extra={"source": name},
         )
@@ -181,9 +187,7 @@ class Daemon:
         self._writer = threading.Thread(target=self._write_loop, name="sentinel-writer", daemon=True)
         self._writer.start()
         for source in self.sources:
-            t = threading.Thread(
-                target=self._supervise, args=(source,), name=f"source-{source.name}", daemon=True
-            )
+            t = threading.Thread(target=self._supervise, args=(source,), name=f"source-{source.name}", daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -230,7 +234,11 @@ class Daemon:
             if message != last_error:
                 log.error(
                     "source %s failed: %s; retrying in %gs",
-                    source.name, message, delay, extra={"source": source.name}, exc_info=exc_info,
+                    source.name,
+                    message,
+                    delay,
+                    extra={"source": source.name},
+                    exc_info=exc_info,
                 )
             else:
                 log.debug("source %s failed again: %s", source.name, message)
@@ -263,7 +271,8 @@ class Daemon:
                 if self._abort.is_set():
                     log.error(
                         "giving up storing %d events at shutdown (%s); they will be read again on restart",
-                        sum(len(b.events) for b in batches), exc,
+                        sum(len(b.events) for b in batches),
+                        exc,
                     )
                     return
                 log.error("cannot write to the store (%s); retrying in %.1fs", exc, delay)

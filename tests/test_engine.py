@@ -83,6 +83,23 @@ def test_out_of_order_events_within_tolerance_count() -> None:
     assert len(run(engine, events)) == 1
 
 
+def test_pam_summary_at_connection_end_is_not_counted_again() -> None:
+    """Three wrong passwords on one connection: 3 sshd lines, 1 pam_unix line, "PAM 2 more"."""
+    engine = Engine([rule()], OPTIONS)
+    events = []
+    for i in range(3):
+        if i == 0:
+            pam = failure("203.0.113.10", i, pid=700)
+            pam["message"] = "pam_unix(sshd:auth): authentication failure; rhost=203.0.113.10 user=root"
+            events.append(pam)
+        events.append(failure("203.0.113.10", i, pid=700))
+    more = failure("203.0.113.10", 30, pid=700, **{"sentinel.attempts": 2})
+    more["message"] = "PAM 2 more authentication failures; rhost=203.0.113.10 user=root"
+    events.append(more)
+    assert run(engine, events) == []  # 3 attempts, not 6
+    assert len(run(engine, [failure("203.0.113.10", 40 + i, pid=701 + i) for i in range(2)])) == 1
+
+
 def test_pam_and_sshd_lines_of_one_attempt_count_once() -> None:
     engine = Engine([rule()], OPTIONS)
     events = []

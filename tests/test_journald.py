@@ -255,7 +255,7 @@ def test_events_from_real_journal_file(tmp_path: Path) -> None:
     run = read_all(source(files=[path]), 3)
     failed_pw, invalid, accepted = run.events
     assert failed_pw["@timestamp"] == "2023-11-14T22:13:20.123456Z"
-    assert failed_pw["event.action"] == "ssh_failed_password"
+    assert failed_pw["event.action"] == "ssh_login_failed"
     assert failed_pw["event.outcome"] == "failure"
     assert failed_pw["event.category"] == ["authentication"]
     assert failed_pw["event.kind"] == "event"
@@ -587,7 +587,9 @@ def test_entry_values_as_systemd_python_and_raw_bytes_give_them() -> None:
     a, b = parse_journal_entry(as_bytes, syslog), parse_journal_entry(converted, syslog)
     assert a is not None and a == b
     assert a["@timestamp"] == "2023-11-14T22:13:20.500000Z"
-    long = parse_journal_entry({**converted, "MESSAGE": msg + " " + "é" * 400}, syslog, max_bytes=300)
+    # The filler sits where sshd itself puts free text: the key description of a publickey failure.
+    key_msg = "Failed publickey for root from 192.0.2.1 port 5 ssh2: RSA " + "é" * 400
+    long = parse_journal_entry({**converted, "MESSAGE": key_msg}, syslog, max_bytes=300)
     assert long is not None and "truncated" in long["sentinel.parse_error"]
     assert len(long["message"].encode()) < 300
 

@@ -78,6 +78,9 @@ _CARRIED = ("host.hostname", "user.name", "source.ip", "source.address", "source
             "sentinel.travel.speed_kmh", "sentinel.travel.distance_km", "sentinel.travel.previous_country",
             "sentinel.travel.elapsed_s")
 
+#: An sshd connection lives at most LoginGraceTime (120 s by default) before authenticating.
+_CONNECTION_LIFETIME = 600.0
+
 _ADDRESS_FIELDS = frozenset({"source.ip", "destination.ip", "client.ip"})
 
 
@@ -148,7 +151,7 @@ class Engine:
         self.stats = EngineStats()
         self.watermark = 0.0  # the latest event time seen
         self._next_expiry = 0.0
-        self._twins: dict[tuple[Any, ...], list[int]] = {}
+        self._twins: dict[tuple[Any, ...], list[float]] = {}
         self._offences: dict[str, list[float]] = {}
 
     def wants(self, event: Event) -> bool:
@@ -162,34 +165,37 @@ class Engine:
         return False
 
     # -- attempts -------------------------------------------------------------------------
-    def _attempts(self, event: Event) -> int:
-        """How many new attempts ``event`` stands for: 0 for the PAM twin of an sshd line.
+    def _attempts(self, event: Event, t: float) -> int:
+        """How many new attempts ``event`` stands for, counting each attempt once.
 
-        sshd and pam_unix both log one failed password attempt, from the same process in the
-        same second; counting lines would count it twice.  Lines are matched in pairs of
-        different origin (PAM vs. the daemon itself), so real repeated attempts still count.
+        With ``UsePAM yes`` one wrong password leaves two lines: sshd's own ("Failed password")
+        and PAM's ("pam_unix(sshd:auth): authentication failure", or at the end of the
+        connection "PAM 2 more authentication failures").  Per connection (host, process,
+        peer) the daemon's own count and PAM's count are kept apart, and the connection has
+        made as many attempts as the larger of the two: a line only adds what it takes that
+        maximum beyond where it stood.  Real repeated attempts still count, each once.
         """
         n: int = event.get("sentinel.attempts", 1)
         pid = event.get("process.pid")
-        if pid is None or event.get("event.outcome") != "failure":
+        if pid is None:
             return n
         msg = event.get("message", "")
         pam = msg.startswith(("pam_", "PAM ", "error: PAM:", "(pam_")) or "(pam_" in event.get("process.name", "")
-        key = (event.get("host.hostname"), pid, event["@timestamp"][:19], event.get("source.ip"))
-        counts = self._twins.get(key)
-        if counts is None:
-            if len(self._twins) > 4096:  # twins are adjacent in the log: a short memory suffices
-                del self._twins[next(iter(self._twins))]
-            self._twins[key] = [n, 0] if pam else [0, n]
+        key = (event.get("host.hostname"), pid, event.get("source.ip"))
+        twins = self._twins
+        counts = twins.get(key)
+        if counts is None or t - counts[2] > _CONNECTION_LIFETIME:  # none yet, or the pid was reused
+            if len(twins) >= 4096:  # connections are short: a short memory suffices
+                del twins[next(iter(twins))]
+            twins[key] = [0, n, t] if pam else [n, 0, t]
             return n
-        mine, other = (0, 1) if pam else (1, 0)
-        if counts[other] > 0:
-            matched = min(n, counts[other])
-            counts[other] -= matched
+        before = max(counts[0], counts[1])
+        counts[1 if pam else 0] += n
+        counts[2] = t
+        added = max(counts[0], counts[1]) - before
+        if added < n:
             self.stats.twins += 1
-            return n - matched
-        counts[mine] += n
-        return n
+        return added
 
     # -- the hot path ---------------------------------------------------------------------
     def process(self, event: Event) -> list[Event]:
@@ -224,7 +230,7 @@ class Engine:
             if isinstance(state, CountWindows):
                 if cr.rule.attempts:
                     if n < 0:
-                        n = self._attempts(event)
+                        n = self._attempts(event, t)
                     if n == 0:
                         continue
                     fired = state.add(key, pack(t, eid), n)

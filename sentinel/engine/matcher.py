@@ -27,6 +27,9 @@ def _values_check(name: str, cond: FieldCondition) -> list[Callable[[Any], bool]
     if cond.prefix is not None:
         prefixes = tuple(cond.prefix)
         checks.append(lambda v: isinstance(v, str) and v.startswith(prefixes))
+    if cond.not_prefix is not None:
+        excluded = tuple(cond.not_prefix)
+        checks.append(lambda v: not (isinstance(v, str) and v.startswith(excluded)))
     if cond.regex is not None:
         search = re.compile(cond.regex).search
         checks.append(lambda v: isinstance(v, str) and search(v) is not None)

@@ -36,6 +36,7 @@ class FieldCondition(_Strict):
     equals: list[Any] | None = None  # any of these (for list fields: any element)
     not_equals: list[Any] | None = None  # none of these
     prefix: list[str] | None = None
+    not_prefix: list[str] | None = None
     regex: str | None = None
     exists: bool | None = None
     cidr: list[str] | None = None  # the address lies in one of these networks
@@ -57,7 +58,7 @@ class FieldCondition(_Strict):
     def _shorthand(cls, value: Any) -> Any:
         """``"x"`` means ``{equals = ["x"]}`` and ``["x", "y"]`` means ``{equals = ["x", "y"]}``."""
         if isinstance(value, dict):
-            return {k: [v] if k in ("equals", "not_equals", "prefix", "cidr") and not isinstance(v, list) else v
+            return {k: [v] if k in ("equals", "not_equals", "prefix", "not_prefix", "cidr") and not isinstance(v, list) else v
                     for k, v in value.items()}
         return {"equals": value if isinstance(value, list) else [value]}
 

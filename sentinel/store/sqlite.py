@@ -43,9 +43,7 @@ class SQLiteStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -84,9 +82,7 @@ class SQLiteStore:
     def checkpoint(self, source: str) -> dict[str, Any] | None:
         """The last committed checkpoint of ``source``, or None if it never committed one."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT state FROM checkpoints WHERE source = ?", (source,)
-            ).fetchone()
+            row = self._db.execute("SELECT state FROM checkpoints WHERE source = ?", (source,)).fetchone()
         if row is None:
             return None
         state = orjson.loads(row[0])
@@ -129,4 +125,3 @@ class SQLiteStore:
 def _row(event: Event) -> tuple[Any, str]:
     ts = event.get("@timestamp")
     return (ts if isinstance(ts, str) else None, orjson.dumps(event).decode())
-

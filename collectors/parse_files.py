@@ -16,10 +16,10 @@ from dataclasses import fields
 from typing import Any
 
 import orjson
+
 from sentinel.collectors.parallel import map_chunks
 from sentinel.collectors.parsers import LineParser, get_parser
 from sentinel.collectors.parsers.lines import ParseStats, parse_buffer
-
 from sentinel.event import Event, nested
 
 BLOCK = 1 << 20  # bytes parsed per call: big enough to amortise, small enough for the cache

@@ -112,15 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_arg(p)
     p.add_argument("files", nargs="+", metavar="FILE", help="log files to replay ('-' for stdin)")
-    p.add_argument("--rules", action="append", type=Path, default=[], metavar="DIR",
-                   help="extra rule directory (repeatable)")
+    p.add_argument(
+        "--rules", action="append", type=Path, default=[], metavar="DIR", help="extra rule directory (repeatable)"
+    )
     p.add_argument("-f", "--format", choices=_FORMATS, default="auto", help="input format (default: auto)")
     p.add_argument("--year", type=int, default=None, help="year for syslog stamps that carry none")
     p.add_argument("--stats", action="store_true", help="print counts to stderr at the end")
-    p.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
-                   help="parallel parsing workers for large files (default: one per CPU core; 1 disables)")
-    p.add_argument("--geoip-db", type=Path, default=None, metavar="PATH",
-                   help="City or Country .mmdb instead of [geoip] database")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="parallel parsing workers for large files (default: one per CPU core; 1 disables)",
+    )
+    p.add_argument(
+        "--geoip-db", type=Path, default=None, metavar="PATH", help="City or Country .mmdb instead of [geoip] database"
+    )
 
     p = sub.add_parser(
         "ports",
@@ -129,9 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
         "against the [ports] allowlist.  Exit status 1 if any socket is not allowed, 0 if none, 2 on an error.",
     )
     _config_arg(p)
-    p.add_argument("--allow", action="append", default=None, metavar="ENTRY",
-                   help="allowlist entry such as tcp/22, udp/53, tcp/8080@127.0.0.1 "
-                   "(repeatable; replaces the configured list)")
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=None,
+        metavar="ENTRY",
+        help="allowlist entry such as tcp/22, udp/53, tcp/8080@127.0.0.1 (repeatable; replaces the configured list)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per socket (ECS field names)")
 
     rules = sub.add_parser(
@@ -146,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = rsub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         _config_arg(p)
-        p.add_argument("--rules", action="append", type=Path, default=[], metavar="DIR",
-                       help="extra rule directory (repeatable)")
+        p.add_argument(
+            "--rules", action="append", type=Path, default=[], metavar="DIR", help="extra rule directory (repeatable)"
+        )
         p.add_argument("--no-builtin", action="store_true", help="only the rules from --rules directories")
     return parser
 
@@ -222,8 +235,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from sentinel.replay import replay
 
     try:
-        return replay(args.files, settings, args.rules, fmt=args.format, year=args.year, show_stats=args.stats,
-                      jobs=args.jobs, geoip_db=args.geoip_db)
+        return replay(
+            args.files,
+            settings,
+            args.rules,
+            fmt=args.format,
+            year=args.year,
+            show_stats=args.stats,
+            jobs=args.jobs,
+            geoip_db=args.geoip_db,
+        )
     except RuleError as exc:
         print(f"sentinel: {exc}", file=sys.stderr)
         return 2
@@ -236,8 +257,9 @@ def _cmd_rules(args: argparse.Namespace) -> int:
     from sentinel.engine.rule import RuleError, load_rules
 
     try:
-        rules = load_rules([*settings.rules.directories, *args.rules], settings.rules.disabled,
-                           builtin=not args.no_builtin)
+        rules = load_rules(
+            [*settings.rules.directories, *args.rules], settings.rules.disabled, builtin=not args.no_builtin
+        )
     except RuleError as exc:
         print(f"sentinel: {exc}", file=sys.stderr)
         return 2

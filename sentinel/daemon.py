@@ -281,7 +281,7 @@ class Daemon:
 
 
 def run_daemon(settings: Settings, config_path: Path) -> int:
-    """Run in the foreground until SIGTERM/SIGINT; 0 on a clean stop, 1 if it cannot start."""
+    """Run in the foreground until SIGTERM/SIGINT: 0 once stopped, 1 if it cannot start, 2 on a bad config."""
     setup_logging(settings.daemon.log_level, settings.daemon.log_format)
     state_dir = settings.daemon.state_dir
     try:

@@ -19,7 +19,7 @@ Fields beyond ECS live under ``sentinel.*``:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from hashlib import blake2b
 from typing import Any, Final
 

@@ -68,7 +68,11 @@ def _progress(total: int) -> tuple[AbstractContextManager[object], Callable[[int
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(
-        TextColumn("replay"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), transient=True,
+        TextColumn("replay"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        transient=True,
         console=__import__("rich.console").console.Console(file=sys.stderr),
     )
     task = bar.add_task("replay", total=total)

@@ -19,14 +19,34 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, ob
         pytest.fail(f"{GEN} is missing (the shared tools must sit beside the repository)")
     out = tmp_path_factory.mktemp("truth")
     log, truth = out / "auth.log", out / "truth.json"
-    subprocess.run([sys.executable, str(GEN), "--lines", "300000", "--seed", "11", "--attack-share", "0.6",
-                    "--out", str(log), "--truth", str(truth)], check=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            str(GEN),
+            "--lines",
+            "300000",
+            "--seed",
+            "11",
+            "--attack-share",
+            "0.6",
+            "--out",
+            str(log),
+            "--truth",
+            str(truth),
+        ],
+        check=True,
+        timeout=120,
+    )
     return log, json.loads(truth.read_text())
 
 
 def replay(log: Path, config: Path) -> list[dict[str, object]]:
-    proc = subprocess.run([sys.executable, "-m", "sentinel", "replay", "-c", str(config), "--year", "2026", str(log)],
-                          capture_output=True, check=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sentinel", "replay", "-c", str(config), "--year", "2026", str(log)],
+        capture_output=True,
+        check=True,
+        timeout=600,
+    )
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 

@@ -18,7 +18,7 @@ from sentinel.event import Event
 OPTIONS = EngineOptions(own_addresses=("192.0.2.10",))
 
 
-def failure(ip: str, second: int, pid: int | None = None, user: str = "root", **extra: Any) -> Event:
+def failure(ip: str, second: int, pid: int | None = None, user: str = "root", extra: Event | None = None) -> Event:
     minutes, secs = divmod(second, 60)
     hours, minutes = divmod(minutes, 60)
     event: Event = {
@@ -33,7 +33,7 @@ def failure(ip: str, second: int, pid: int | None = None, user: str = "root", **
         "process.pid": pid if pid is not None else 1000 + second,
         "message": f"Failed password for {user} from {ip} port 22 ssh2",
     }
-    event.update(extra)
+    event.update(extra or {})
     return event
 
 
@@ -93,7 +93,7 @@ def test_pam_summary_at_connection_end_is_not_counted_again() -> None:
             pam["message"] = "pam_unix(sshd:auth): authentication failure; rhost=203.0.113.10 user=root"
             events.append(pam)
         events.append(failure("203.0.113.10", i, pid=700))
-    more = failure("203.0.113.10", 30, pid=700, **{"sentinel.attempts": 2})
+    more = failure("203.0.113.10", 30, pid=700, extra={"sentinel.attempts": 2})
     more["message"] = "PAM 2 more authentication failures; rhost=203.0.113.10 user=root"
     events.append(more)
     assert run(engine, events) == []  # 3 attempts, not 6
@@ -118,7 +118,7 @@ def test_pam_and_sshd_lines_of_one_attempt_count_once() -> None:
 
 def test_repeated_message_counts_as_many_attempts() -> None:
     engine = Engine([rule()], OPTIONS)
-    assert len(run(engine, [failure("203.0.113.5", 0, **{"sentinel.attempts": 5})])) == 1
+    assert len(run(engine, [failure("203.0.113.5", 0, extra={"sentinel.attempts": 5})])) == 1
 
 
 def test_allowlisted_loopback_and_own_addresses_are_never_banned() -> None:
@@ -165,8 +165,9 @@ def test_new_value_learns_first_and_survives_a_dump() -> None:
     )
 
     def login(country: str, second: int) -> Event:
-        return failure("203.0.113.9", second, user="alice", **{
-            "event.outcome": "success", "source.geo.country_iso_code": country})
+        return failure(
+            "203.0.113.9", second, user="alice", extra={"event.outcome": "success", "source.geo.country_iso_code": country}
+        )
 
     engine = Engine([new_country], OPTIONS)
     assert run(engine, [login("DE", 0), login("DE", 100)]) == []
@@ -237,15 +238,18 @@ def test_rules_test_command_fails_for_bad_samples(tmp_path: Path, text: str, mes
     (tmp_path / "r.toml").write_text(text)
     proc = subprocess.run(
         [sys.executable, "-m", "sentinel", "rules", "test", "--no-builtin", "--rules", str(tmp_path)],
-        capture_output=True, timeout=60, check=False,
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 1
     assert message in proc.stdout
 
 
 def test_rules_test_command_passes_for_builtin_rules() -> None:
-    proc = subprocess.run([sys.executable, "-m", "sentinel", "rules", "test"], capture_output=True, timeout=60,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sentinel", "rules", "test"], capture_output=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stdout
     assert b" 0 failed" in proc.stdout
 

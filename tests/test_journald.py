@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any
 
 import pytest
+
 from sentinel.collectors.parsers import get_parser, syslog_parser
 from sentinel.collectors.parsers.journal import journal_line_parser, parse_journal_entry
 from sentinel.collectors.parsers.syslog import SyslogParser
@@ -33,7 +34,6 @@ from sentinel.collectors.sources.journald import (
     iter_journal_file_events,
     open_reader,
 )
-
 from sentinel.config import JournaldSourceSettings
 from sentinel.event import Event
 
@@ -651,8 +651,9 @@ def test_sentinel_parse_reads_binary_journal_files(tmp_path: Path) -> None:
     import sys
 
     path = write_journal(tmp_path / "x.journal", [failed(1), failed(2)])
-    proc = subprocess.run([sys.executable, "-m", "sentinel", "parse", str(path)], capture_output=True,
-                          timeout=60, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sentinel", "parse", str(path)], capture_output=True, timeout=60, check=True
+    )
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [e["source.ip"] for e in events] == ["203.0.113.1", "203.0.113.2"]
     assert all(e["log.file.path"] == str(path) for e in events)

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+
 from sentinel.collectors.sources import packets
 from sentinel.collectors.sources.packets import (
     DEFAULT_BPF_FILTER,
@@ -38,7 +39,6 @@ from sentinel.collectors.sources.packets import (
     compile_bpf,
     listening_sockets,
 )
-
 from sentinel.event import event_time
 from tests.netns import NetnsPair, Side, require_netns
 
@@ -58,7 +58,6 @@ def sensor_main() -> None:
     """
     from sentinel.collectors.sources.base import Batch
     from sentinel.collectors.sources.packets import PacketSensor
-
     from sentinel.engine.engine import Engine, EngineOptions
     from sentinel.engine.rule import load_rules
 

@@ -20,6 +20,7 @@ import orjson
 import psutil
 import pytest
 from pydantic import ValidationError
+
 from sentinel.collectors.sources.base import Batch
 from sentinel.collectors.sources.ports import (
     CLOSED,
@@ -30,7 +31,6 @@ from sentinel.collectors.sources.ports import (
     list_listeners,
     parse_allow_entry,
 )
-
 from sentinel.engine.engine import Engine
 from sentinel.engine.rule import load_rules
 from sentinel.event import Event, event_time

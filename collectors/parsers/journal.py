@@ -18,11 +18,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import orjson
+
 from sentinel.collectors.parsers import LineParser
 from sentinel.collectors.parsers.lines import ParseStats
 from sentinel.collectors.parsers.syslog import SyslogParser
 from sentinel.collectors.parsers.timestamps import now_utc
-
 from sentinel.event import Event
 
 #: First bytes of every binary journal file (``journal-file.h``: ``HEADER_SIGNATURE``).

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from sentinel.collectors.parsers import LineParser
-
 from sentinel.event import Event
 
 

@@ -27,7 +27,6 @@ from sentinel.collectors.parsers.journal import JOURNAL_MAGIC, parse_journal_ent
 from sentinel.collectors.parsers.lines import ParseStats
 from sentinel.collectors.parsers.syslog import SyslogParser
 from sentinel.collectors.sources.base import Batch, Checkpoint, Source
-
 from sentinel.config import JournaldSourceSettings
 from sentinel.event import Event
 

@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field
-from sentinel.collectors.sources.base import Batch, Checkpoint, Source
 
+from sentinel.collectors.sources.base import Batch, Checkpoint, Source
 from sentinel.engine.durations import Duration
 from sentinel.event import Event
 

@@ -53,9 +53,9 @@ from hashlib import blake2b
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from sentinel.collectors.parsers.timestamps import now_utc
 from sentinel.collectors.sources.base import Batch, Checkpoint, Source
-
 from sentinel.engine.durations import Duration
 from sentinel.event import Event
 

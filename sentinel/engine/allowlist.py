@@ -18,8 +18,12 @@ def host_addresses() -> list[str]:
     try:
         import psutil
 
-        return [a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
-                if a.family in (socket.AF_INET, socket.AF_INET6)]
+        return [
+            a.address.split("%")[0]
+            for addrs in psutil.net_if_addrs().values()
+            for a in addrs
+            if a.family in (socket.AF_INET, socket.AF_INET6)
+        ]
     except Exception:  # psutil missing or /proc unreadable: fall back to what the resolver knows
         try:
             return [str(i[4][0]) for i in socket.getaddrinfo(socket.gethostname(), None)]
@@ -46,4 +50,4 @@ class Allowlist:
             net = ipaddress.ip_network(target, strict=False)
         except ValueError:
             return True  # not an address: never a firewall target
-        return any(net.version == n.version and net.overlaps(n) for n in self.networks)  # type: ignore[arg-type]
+        return any(net.version == n.version and net.overlaps(n) for n in self.networks)

@@ -73,10 +73,21 @@ def _match_key(rule: Rule) -> str:
 
 
 #: Fields every finding takes from the event that completed it, when present.
-_CARRIED = ("host.hostname", "user.name", "source.ip", "source.address", "source.geo.country_iso_code",
-            "source.geo.country_name", "source.geo.city_name", "source.as.number", "source.as.organization.name",
-            "sentinel.travel.speed_kmh", "sentinel.travel.distance_km", "sentinel.travel.previous_country",
-            "sentinel.travel.elapsed_s")
+_CARRIED = (
+    "host.hostname",
+    "user.name",
+    "source.ip",
+    "source.address",
+    "source.geo.country_iso_code",
+    "source.geo.country_name",
+    "source.geo.city_name",
+    "source.as.number",
+    "source.as.organization.name",
+    "sentinel.travel.speed_kmh",
+    "sentinel.travel.distance_km",
+    "sentinel.travel.previous_country",
+    "sentinel.travel.elapsed_s",
+)
 
 #: An sshd connection lives at most LoginGraceTime (120 s by default) before authenticating.
 _CONNECTION_LIFETIME = 600.0
@@ -192,7 +203,7 @@ class Engine:
         before = max(counts[0], counts[1])
         counts[1 if pam else 0] += n
         counts[2] = t
-        added = max(counts[0], counts[1]) - before
+        added = int(max(counts[0], counts[1]) - before)
         if added < n:
             self.stats.twins += 1
         return added

@@ -58,8 +58,12 @@ class FieldCondition(_Strict):
     def _shorthand(cls, value: Any) -> Any:
         """``"x"`` means ``{equals = ["x"]}`` and ``["x", "y"]`` means ``{equals = ["x", "y"]}``."""
         if isinstance(value, dict):
-            return {k: [v] if k in ("equals", "not_equals", "prefix", "not_prefix", "cidr") and not isinstance(v, list) else v
-                    for k, v in value.items()}
+            return {
+                k: [v]
+                if k in ("equals", "not_equals", "prefix", "not_prefix", "cidr") and not isinstance(v, list)
+                else v
+                for k, v in value.items()
+            }
         return {"equals": value if isinstance(value, list) else [value]}
 
 

@@ -44,7 +44,9 @@ def run_sample(rule: Rule, index: int, sample: Sample, options: EngineOptions) -
     findings = [f for e in events for f in engine.process(e)]
     if not sample.fire:
         if findings:
-            return SampleResult(rule.id, index, False, f"must not fire, fired {len(findings)}: {findings[0]['message']}")
+            return SampleResult(
+                rule.id, index, False, f"must not fire, fired {len(findings)}: {findings[0]['message']}"
+            )
         return SampleResult(rule.id, index, True, "did not fire")
     if not findings:
         return SampleResult(rule.id, index, False, "must fire, did not")

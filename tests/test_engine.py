@@ -166,7 +166,10 @@ def test_new_value_learns_first_and_survives_a_dump() -> None:
 
     def login(country: str, second: int) -> Event:
         return failure(
-            "203.0.113.9", second, user="alice", extra={"event.outcome": "success", "source.geo.country_iso_code": country}
+            "203.0.113.9",
+            second,
+            user="alice",
+            extra={"event.outcome": "success", "source.geo.country_iso_code": country},
         )
 
     engine = Engine([new_country], OPTIONS)

@@ -28,6 +28,7 @@ from sentinel.enrich.geoip import GeoIPError, open_enricher
 from sentinel.event import Event
 
 BLOCK = 1 << 20
+REPLAY_CHUNK = 2 << 20
 
 
 def engine_options(settings: Settings) -> EngineOptions:
@@ -106,7 +107,9 @@ def _parallel(
             feed(events)
 
         size = os.fstat(fd).st_size
-        for trailer in map_chunks(fd, size, jobs, work, lambda: orjson.dumps(mine.as_dict()), emit=emit):
+        # Small chunks: the parent holds a chunk's events while it evaluates them.
+        trailers = map_chunks(fd, size, jobs, work, lambda: orjson.dumps(mine.as_dict()), emit=emit, chunk=REPLAY_CHUNK)
+        for trailer in trailers:
             stats.add(orjson.loads(trailer))
     finally:
         os.close(fd)

@@ -86,47 +86,83 @@ class CountWindows:
 
 
 class DistinctWindows:
-    """Fires when one key shows ``threshold`` distinct values of a field within ``window``."""
+    """Fires when one key shows ``threshold`` distinct values of a field within ``window``.
 
-    __slots__ = ("_newest", "_state", "max_keys", "stats", "threshold", "window_ms")
+    Most keys (addresses that try once) hold a single value and entry, packed into one int
+    when the value is among the first few thousand distinct values seen (user names, in
+    practice): ``(value id + 1) << 112 | entry``.  A key gets a dict of values only once it
+    shows a second one.
+    """
+
+    __slots__ = ("_ids", "_names", "_state", "max_keys", "stats", "threshold", "window_ms")
+
+    _VALUE_SHIFT = 112  # entries use 64 bits of id and 48 of milliseconds
+    _MAX_IDS = 4096
 
     def __init__(self, threshold: int, window: float, max_keys: int) -> None:
         self.threshold = threshold
         self.window_ms = int(window * 1000)
         self.max_keys = max_keys
         self.stats = WindowStats()
-        self._state: dict[Any, dict[Any, int]] = {}  # key -> {value: newest entry with it}
-        self._newest: dict[Any, int] = {}  # key -> newest entry of any value
+        # key -> packed int | (value, entry) | {value: newest entry with it}
+        self._state: dict[Any, int | tuple[Any, int] | dict[Any, int]] = {}
+        self._ids: dict[Any, int] = {}
+        self._names: list[Any] = []
+
+    def _single(self, value: Any, entry: int) -> int | tuple[Any, int]:
+        vid = self._ids.get(value)
+        if vid is None:
+            if len(self._names) >= self._MAX_IDS:
+                return (value, entry)
+            vid = self._ids[value] = len(self._names)
+            self._names.append(value)
+        return ((vid + 1) << self._VALUE_SHIFT) | entry
+
+    def _unpack(self, cur: int | tuple[Any, int]) -> tuple[Any, int]:
+        if isinstance(cur, tuple):
+            return cur
+        return self._names[(cur >> self._VALUE_SHIFT) - 1], cur & ((1 << self._VALUE_SHIFT) - 1)
 
     def add(self, key: Any, value: Any, entry: int) -> list[int] | None:
         state = self._state
-        values = state.get(key)
-        if values is None:
+        cur = state.get(key)
+        if cur is None:
+            if self.threshold <= 1:
+                return [entry]
             if len(state) >= self.max_keys:
-                oldest = next(iter(state))
-                del state[oldest], self._newest[oldest]
+                del state[next(iter(state))]
                 self.stats.evicted += 1
-            values = state[key] = {}
-            newest = entry
+            state[key] = self._single(value, entry)
+            return None
+        if isinstance(cur, dict):
+            values = cur
         else:
-            newest = max(entry, self._newest[key])
-        self._newest[key] = newest
+            old_value, old_entry = self._unpack(cur)
+            if old_value == value:
+                state[key] = self._single(value, max(entry, old_entry))
+                return None
+            values = {old_value: old_entry}
         if entry > values.get(value, 0):
             values[value] = entry
         if len(values) >= self.threshold:
+            newest = max(values.values())
             limit = ((newest >> _ID_BITS) - self.window_ms) << _ID_BITS
             for v in [v for v, e in values.items() if e < limit]:
                 del values[v]
             if len(values) >= self.threshold:
-                del state[key], self._newest[key]
+                del state[key]
                 return sorted(values.values())
+        state[key] = values
         return None
+
+    def _newest(self, cur: int | tuple[Any, int] | dict[Any, int]) -> int:
+        return max(cur.values()) if isinstance(cur, dict) else self._unpack(cur)[1]
 
     def expire(self, now: float) -> None:
         limit = (int(now * 1000) - self.window_ms) << _ID_BITS
-        stale = [k for k, newest in self._newest.items() if newest < limit]
+        stale = [k for k, cur in self._state.items() if self._newest(cur) < limit]
         for k in stale:
-            del self._state[k], self._newest[k]
+            del self._state[k]
         self.stats.expired += len(stale)
 
     def __len__(self) -> int:

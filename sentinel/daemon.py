@@ -11,7 +11,8 @@ Each source runs under a supervisor that restarts it with exponential backoff wh
 A full queue blocks the sources (back-pressure: they read on when there is room; nothing is
 dropped).  A batch's events and its source's checkpoint are committed in one transaction, so a
 crash at any point resumes exactly where the store stands.  :data:`Stage` functions run on the
-writer thread between parsing and the store: that is where the rules engine will plug in.
+writer thread between parsing and the store: the detection stage (:mod:`sentinel.pipeline`)
+adds findings and responses there.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from typing import Final
 from sentinel import __version__
 from sentinel.collectors.sources.base import Batch, Source
 from sentinel.config import FileSourceSettings, JournaldSourceSettings, Settings, SourceSettings
+from sentinel.engine.rule import RuleError
+from sentinel.enrich.geoip import GeoIPError
 from sentinel.logging import setup_logging
+from sentinel.pipeline import DetectionStage
 from sentinel.store import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -119,10 +123,17 @@ def source_name(spec: SourceSettings) -> str:
 class Daemon:
     """Sources, queue, writer and store, started and stopped as one."""
 
-    def __init__(self, settings: Settings, store: SQLiteStore, stages: Sequence[Stage] = ()) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: SQLiteStore,
+        stages: Sequence[Stage] = (),
+        after_commit: Sequence[Callable[[], None]] = (),
+    ) -> None:
         self.settings = settings
         self.store = store
         self.stages = list(stages)
+        self.after_commit = list(after_commit)
         self.queue = BatchQueue(settings.collectors.queue_size)
         self.sources: list[Source] = []
         self._stop = threading.Event()  # sources stop reading
@@ -148,6 +159,31 @@ class Daemon:
                 log.error("source %s cannot be started: %s", name, exc, extra={"source": name})
                 continue
             self.sources.append(source)
+        self._add_builtin_sources()
+
+    def _add_builtin_sources(self) -> None:
+        """The listening-port audit and the packet sensor, when enabled."""
+        hostname = self.settings.daemon.hostname
+        ports = self.settings.ports
+        if ports.enabled:
+            from sentinel.collectors.sources.ports import PortAuditSource
+
+            log.info("auditing listening ports every %gs", ports.interval, extra={"source": "ports"})
+            self.sources.append(PortAuditSource("ports", ports, None, hostname=hostname))
+        sensor = self.settings.packet_sensor
+        if sensor.enabled:
+            from sentinel.collectors.sources.packets import PacketSensor, capability_problem
+
+            problem = capability_problem()
+            if problem:
+                log.error("packet sensor disabled: %s", problem, extra={"source": "packets"})
+                return
+            try:
+                self.sources.append(
+                    PacketSensor("packets", sensor, self.store.checkpoint("packets"), hostname=hostname)
+                )
+            except ValueError as exc:  # a bad bpf_filter, with libpcap's message
+                log.error("packet sensor cannot be started: %s", exc, extra={"source": "packets"})
 
     def _make_source(self, spec: SourceSettings, name: str) -> Source:
         collectors = self.settings.collectors
@@ -260,6 +296,8 @@ class Daemon:
             for stage in self.stages:
                 batches = [stage(b) for b in batches]
             self._commit(batches)
+            for hook in self.after_commit:
+                hook()
 
     def _commit(self, batches: list[Batch]) -> None:
         delay = 0.5
@@ -297,14 +335,20 @@ def run_daemon(settings: Settings, config_path: Path) -> int:
         return 1
     log.info("sentinel %s starting (config %s, store %s)", __version__, config_path, db_path)
 
-    daemon = Daemon(settings, store)
+    try:
+        detection = DetectionStage(settings, state_dir / "rule-state.json")
+    except (RuleError, GeoIPError) as exc:
+        log.error("%s", exc)
+        store.close()
+        return 2
+    daemon = Daemon(settings, store, [detection], [detection.committed])
     try:
         daemon.build_sources()
     except ValueError as exc:
         log.error("%s", exc)
         store.close()
         return 2
-    if not settings.sources:
+    if not daemon.sources:
         log.warning("no sources configured: nothing to watch (add [[sources]] to %s)", config_path)
 
     stopping = threading.Event()
@@ -321,6 +365,7 @@ def run_daemon(settings: Settings, config_path: Path) -> int:
         while not stopping.wait(1.0):
             pass
         clean = daemon.stop()
+        detection.close()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -22,24 +22,14 @@ from sentinel.collectors.parse_files import PARALLEL_MIN_SIZE, parse_range
 from sentinel.collectors.parsers import LineParser, get_parser
 from sentinel.collectors.parsers.lines import ParseStats, parse_buffer
 from sentinel.config import Settings
-from sentinel.engine.engine import Engine, EngineOptions
+from sentinel.engine.engine import Engine
 from sentinel.engine.rule import load_rules
 from sentinel.enrich.geoip import GeoIPError, open_enricher
 from sentinel.event import Event
+from sentinel.pipeline import engine_options
 
 BLOCK = 1 << 20
 REPLAY_CHUNK = 2 << 20
-
-
-def engine_options(settings: Settings) -> EngineOptions:
-    e = settings.engine
-    return EngineOptions(
-        allowlist=tuple(e.allowlist),
-        max_keys=e.max_keys,
-        late_tolerance=e.late_tolerance,
-        ban_duration=e.ban_duration,
-        ban_max_duration=e.ban_max_duration,
-    )
 
 
 def _blocks(path: str, advance: Callable[[int], None]) -> Iterator[tuple[int, bytes]]:
@@ -128,7 +118,7 @@ def replay(
     """Print the findings the rules make of ``files``; return the exit status."""
     gc.disable()  # no reference cycles in events; see parse_files
     rules = load_rules([*settings.rules.directories, *rule_dirs], settings.rules.disabled)
-    engine = Engine(rules, engine_options(settings))
+    engine = Engine(rules, engine_options(settings.engine))
     geo = settings.geoip if geoip_db is None else settings.geoip.model_copy(update={"database": geoip_db})
     try:
         enricher = open_enricher(geo)

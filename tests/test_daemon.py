@@ -96,6 +96,7 @@ def settings_for(tmp_path: Path, log: Path, **collectors: Any) -> Settings:
         {
             "daemon": {"state_dir": tmp_path / "state"},
             "collectors": {"poll_interval": 0.1, **collectors},
+            "ports": {"enabled": False},
             "sources": [{"type": "file", "paths": [log], "start_at": "beginning", "format": "syslog"}],
         }
     )
@@ -187,7 +188,8 @@ def stored(tmp_path: Path) -> int:
     db = tmp_path / "state" / "nested" / "events.db"
     try:
         with sqlite3.connect(db) as conn:
-            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+            query = """SELECT count(*) FROM events WHERE json_extract(doc, '$."log.offset"') IS NOT NULL"""
+            return int(conn.execute(query).fetchone()[0])
     except sqlite3.OperationalError:
         return 0
 

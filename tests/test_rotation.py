@@ -134,19 +134,26 @@ def write_config(tmp_path: Path, log_path: Path) -> tuple[Path, dict[str, str], 
     return cfg, env, state / "events.db"
 
 
+#: Events parsed from log lines (they carry log.offset), not the findings and responses the
+#: rules add beside them.
+LOG_EVENTS = """SELECT $COLUMNS FROM events WHERE json_extract(doc, '$."log.offset"') IS NOT NULL"""
+
+
 def stored_count(db: Path) -> int:
     if not db.exists():
         return 0
     try:
         with sqlite3.connect(db, timeout=5) as conn:
-            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+            return int(conn.execute(LOG_EVENTS.replace("$COLUMNS", "count(*)")).fetchone()[0])
     except sqlite3.OperationalError:  # the daemon has not created the table yet
         return 0
 
 
 def assert_exactly_once(db: Path, proc: SentinelProcess) -> None:
     with sqlite3.connect(db) as conn:
-        seqs = [row[0] for row in conn.execute("""SELECT json_extract(doc, '$."process.pid"') FROM events""")]
+        seqs = [
+            row[0] for row in conn.execute(LOG_EVENTS.replace("$COLUMNS", """json_extract(doc, '$."process.pid"')"""))
+        ]
     counts = collections.Counter(seqs)
     missing = sorted(set(range(N)) - counts.keys())
     duplicated = sorted(s for s, c in counts.items() if c > 1)

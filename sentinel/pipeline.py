@@ -1,0 +1,116 @@
+"""The detection stage of ``sentinel run``: enrich → rules → responses, on the writer thread.
+
+Findings and response events join their batch, so the events that caused a finding, the
+finding and what was done about it are committed in one transaction with the source's
+checkpoint.  Rule memory worth keeping across restarts (the countries each account uses,
+repeat offenders, each account's last login place) is saved after commits, at most every
+``SAVE_INTERVAL`` seconds, and when the daemon stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sentinel.collectors.sources.base import Batch
+from sentinel.config import EngineSettings, Settings
+from sentinel.engine.engine import Engine, EngineOptions
+from sentinel.engine.rule import load_rules
+from sentinel.enrich.geoip import open_enricher
+from sentinel.event import Event
+from sentinel.responders.dry_run import DryRunResponder
+
+log = logging.getLogger(__name__)
+
+SAVE_INTERVAL = 5.0
+
+
+def engine_options(settings: EngineSettings) -> EngineOptions:
+    return EngineOptions(
+        allowlist=tuple(settings.allowlist),
+        max_keys=settings.max_keys,
+        late_tolerance=settings.late_tolerance,
+        ban_duration=settings.ban_duration,
+        ban_max_duration=settings.ban_max_duration,
+    )
+
+
+class DetectionStage:
+    """A daemon stage: adds findings and responses to each batch."""
+
+    def __init__(self, settings: Settings, state_path: Path) -> None:
+        rules = load_rules(settings.rules.directories, settings.rules.disabled)
+        self.engine = Engine(rules, engine_options(settings.engine))
+        self.enricher = open_enricher(settings.geoip)
+        if not settings.responders.dry_run:
+            log.warning("no live responder is available in this version: responses are logged (dry-run)")
+        self.responder = DryRunResponder()
+        self.state_path = state_path
+        self._dirty = False
+        self._saved = time.monotonic()
+        self._load()
+        log.info("rules engine: %d rules (%s)", len(rules), ", ".join(r.id for r in rules))
+
+    def __call__(self, batch: Batch) -> Batch:
+        if not batch.events:
+            return batch
+        enrich = self.enricher.enrich if self.enricher is not None else None
+        process = self.engine.process
+        out: list[Event] = []
+        for event in batch.events:
+            if enrich is not None:
+                enrich(event)
+            out.append(event)
+            for finding in process(event):
+                log.warning("finding: %s", finding["message"], extra={"rule": finding["rule.id"]})
+                out.append(finding)
+                out.extend(self.responder.respond(finding))
+        self._dirty = True
+        return Batch(batch.source, out, batch.checkpoint)
+
+    def committed(self) -> None:
+        """Called after a commit: save rule memory now and then."""
+        if self._dirty and time.monotonic() - self._saved >= SAVE_INTERVAL:
+            self.save()
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine.dump_state(),
+            "geoip": self.enricher.dump_state() if self.enricher is not None else None,
+        }
+
+    def save(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(orjson.dumps(self._state()))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            log.error("cannot save rule state to %s: %s", self.state_path, exc.strerror or exc)
+            return
+        self._dirty = False
+        self._saved = time.monotonic()
+
+    def _load(self) -> None:
+        try:
+            state = orjson.loads(self.state_path.read_bytes())
+        except FileNotFoundError:
+            return
+        except (OSError, orjson.JSONDecodeError) as exc:
+            log.error("ignoring unreadable rule state %s: %s", self.state_path, exc)
+            return
+        self.engine.load_state(state.get("engine") or {})
+        if self.enricher is not None and state.get("geoip"):
+            self.enricher.load_state(state["geoip"])
+
+    def close(self) -> None:
+        self.save()
+        if self.enricher is not None:
+            self.enricher.close()

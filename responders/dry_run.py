@@ -42,12 +42,9 @@ def response_event(finding: Event, action: dict[str, Any], outcome: str, dry_run
 class DryRunResponder:
     """Logs each action a finding asks for and returns the response events."""
 
-    def respond(self, finding: Event) -> list[Event]:
-        events = []
-        for action in finding.get("sentinel.actions", ()):
-            if action["type"] == "record":
-                continue
-            event = response_event(finding, action, "unknown", dry_run=True)
-            log.info("dry-run: %s", event["message"], extra={"rule": finding.get("rule.id")})
-            events.append(event)
-        return events
+    def respond_one(self, finding: Event, action: dict[str, Any]) -> list[Event]:
+        if action["type"] == "record":
+            return []
+        event = response_event(finding, action, "unknown", dry_run=True)
+        log.info("dry-run: %s", event["message"], extra={"rule": finding.get("rule.id")})
+        return [event]

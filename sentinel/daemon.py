@@ -32,8 +32,10 @@ from sentinel.collectors.sources.base import Batch, Source
 from sentinel.config import FileSourceSettings, JournaldSourceSettings, Settings, SourceSettings
 from sentinel.engine.rule import RuleError
 from sentinel.enrich.geoip import GeoIPError
+from sentinel.event import Event
 from sentinel.logging import setup_logging
-from sentinel.pipeline import DetectionStage
+from sentinel.pipeline import DetectionStage, build_responders
+from sentinel.responders.base import Responder
 from sentinel.store import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ WRITE_BATCH_EVENTS: Final = 5000
 #: How long stopping may take: sources first, then draining the queue into the store.
 SOURCE_STOP_TIMEOUT: Final = 3.0
 WRITER_STOP_TIMEOUT: Final = 5.0
+RESPONDER_STOP_TIMEOUT: Final = 5.0
 MAX_BACKOFF: Final = 60.0
 
 
@@ -129,11 +132,14 @@ class Daemon:
         store: SQLiteStore,
         stages: Sequence[Stage] = (),
         after_commit: Sequence[Callable[[], None]] = (),
+        responders: Sequence[Responder] = (),
     ) -> None:
         self.settings = settings
         self.store = store
         self.stages = list(stages)
         self.after_commit = list(after_commit)
+        self.responders = list(responders)
+        self._busy = False  # the writer holds batches it has taken off the queue
         self.queue = BatchQueue(settings.collectors.queue_size)
         self.sources: list[Source] = []
         self._stop = threading.Event()  # sources stop reading
@@ -218,8 +224,15 @@ class Daemon:
         )
         return JournaldSource(name, spec, checkpoint, collectors.max_line_bytes)
 
+    def _emit_responses(self, events: list[Event]) -> None:
+        """Responders' outcome events join the queue like a source's (no checkpoint)."""
+        if events:
+            self.queue.put(Batch("responders", events, {}))
+
     def start(self) -> None:
-        """Start the writer, then one supervised thread per source."""
+        """Start the responders and the writer, then one supervised thread per source."""
+        for responder in self.responders:
+            responder.start(self._emit_responses)
         self._writer = threading.Thread(target=self._write_loop, name="sentinel-writer", daemon=True)
         self._writer.start()
         for source in self.sources:
@@ -237,6 +250,14 @@ class Daemon:
             if t.is_alive():
                 log.warning("source thread %s did not stop in time; its unstored lines will be read again", t.name)
                 clean = False
+        if self.responders:
+            # Let the writer hand the last findings to the responders, then let them finish
+            # (or persist) their work while their outcome events can still be stored.
+            drain = time.monotonic() + WRITER_STOP_TIMEOUT
+            while (len(self.queue) or self._busy) and time.monotonic() < drain:
+                time.sleep(0.02)
+            for responder in self.responders:
+                responder.stop(RESPONDER_STOP_TIMEOUT)
         self.queue.close()
         if self._writer is not None:
             self._writer.join(WRITER_STOP_TIMEOUT)
@@ -293,11 +314,15 @@ class Daemon:
                 return
             if not batches:
                 continue
-            for stage in self.stages:
-                batches = [stage(b) for b in batches]
-            self._commit(batches)
-            for hook in self.after_commit:
-                hook()
+            self._busy = True
+            try:
+                for stage in self.stages:
+                    batches = [stage(b) for b in batches]
+                self._commit(batches)
+                for hook in self.after_commit:
+                    hook()
+            finally:
+                self._busy = False
 
     def _commit(self, batches: list[Batch]) -> None:
         delay = 0.5
@@ -336,12 +361,13 @@ def run_daemon(settings: Settings, config_path: Path) -> int:
     log.info("sentinel %s starting (config %s, store %s)", __version__, config_path, db_path)
 
     try:
-        detection = DetectionStage(settings, state_dir / "rule-state.json")
-    except (RuleError, GeoIPError) as exc:
+        responders = build_responders(settings)
+        detection = DetectionStage(settings, state_dir / "rule-state.json", responders)
+    except (RuleError, GeoIPError, ValueError) as exc:
         log.error("%s", exc)
         store.close()
         return 2
-    daemon = Daemon(settings, store, [detection], [detection.committed])
+    daemon = Daemon(settings, store, [detection], [detection.committed], responders)
     try:
         daemon.build_sources()
     except ValueError as exc:

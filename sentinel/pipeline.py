@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from sentinel.engine.engine import Engine, EngineOptions
 from sentinel.engine.rule import load_rules
 from sentinel.enrich.geoip import open_enricher
 from sentinel.event import Event
+from sentinel.responders.base import Responder
 from sentinel.responders.dry_run import DryRunResponder
 
 log = logging.getLogger(__name__)
@@ -40,16 +42,26 @@ def engine_options(settings: EngineSettings) -> EngineOptions:
     )
 
 
+def build_responders(settings: Settings) -> list[Responder]:
+    """The live responders the configuration enables (used only when dry_run is off)."""
+    responders: list[Responder] = []
+    return responders
+
+
 class DetectionStage:
     """A daemon stage: adds findings and responses to each batch."""
 
-    def __init__(self, settings: Settings, state_path: Path) -> None:
+    def __init__(self, settings: Settings, state_path: Path, responders: Sequence[Responder] = ()) -> None:
         rules = load_rules(settings.rules.directories, settings.rules.disabled)
         self.engine = Engine(rules, engine_options(settings.engine))
         self.enricher = open_enricher(settings.geoip)
+        self.dry_run = DryRunResponder()
+        #: Live responders by action type; actions without one (or all, in dry-run) are logged only.
+        self.live: dict[str, Responder] = {}
         if not settings.responders.dry_run:
-            log.warning("no live responder is available in this version: responses are logged (dry-run)")
-        self.responder = DryRunResponder()
+            for responder in responders:
+                for action_type in responder.action_types:
+                    self.live[action_type] = responder
         self.state_path = state_path
         self._dirty = False
         self._saved = time.monotonic()
@@ -69,9 +81,20 @@ class DetectionStage:
             for finding in process(event):
                 log.warning("finding: %s", finding["message"], extra={"rule": finding["rule.id"]})
                 out.append(finding)
-                out.extend(self.responder.respond(finding))
+                out.extend(self._respond(finding))
         self._dirty = True
         return Batch(batch.source, out, batch.checkpoint)
+
+    def _respond(self, finding: Event) -> list[Event]:
+        """Hand each action to its live responder; the rest are recorded as dry-run responses."""
+        inline = []
+        for action in finding.get("sentinel.actions", ()):
+            responder = self.live.get(action["type"])
+            if responder is not None:
+                responder.submit(finding, action)
+            else:
+                inline.extend(self.dry_run.respond_one(finding, action))
+        return inline
 
     def committed(self) -> None:
         """Called after a commit: save rule memory now and then."""

@@ -70,17 +70,21 @@ def _progress(total: int) -> tuple[AbstractContextManager[object], Callable[[int
     return bar, lambda n: bar.advance(task, n)
 
 
+def _either(a: Callable[[Event], bool], b: Callable[[Event], bool]) -> Callable[[Event], bool]:
+    return lambda e: a(e) or b(e)
+
+
 def _parallel(
     name: str,
     jobs: int,
-    engine: Engine,
+    wants: Callable[[Event], bool],
     make_parser: Callable[[], LineParser],
     stats: ParseStats,
     feed: Callable[[list[Event]], None],
     advance: Callable[[int], None],
 ) -> None:
-    """Parse in forked workers, which keep only the events some rule wants; evaluate here, in order."""
-    wants = engine.wants
+    """Parse in forked workers, which keep only the events ``wants`` (some rule, or the enricher, whose
+    state depends on order, so it runs here); evaluate here, in file order."""
     mine = ParseStats()
     fd = os.open(name, os.O_RDONLY)
     try:
@@ -148,7 +152,8 @@ def replay(
             path = None if name == "-" else name
             try:
                 if jobs > 1 and name != "-" and os.path.isfile(name) and os.path.getsize(name) >= PARALLEL_MIN_SIZE:
-                    _parallel(name, jobs, engine, lambda: get_parser(fmt, year), stats, feed, advance)
+                    keep = engine.wants if enricher is None else _either(engine.wants, enricher.selects)
+                    _parallel(name, jobs, keep, lambda: get_parser(fmt, year), stats, feed, advance)
                     continue
                 for offset, block in _blocks(name, advance):
                     feed(parse_buffer(block, offset, parse, path, stats))

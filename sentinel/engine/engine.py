@@ -163,12 +163,17 @@ class Engine:
         self.watermark = 0.0  # the latest event time seen
         self._next_expiry = 0.0
         self._twins: dict[tuple[Any, ...], list[float]] = {}
+        self._index: dict[tuple[Any, Any], list[CompiledRule]] = {}
+        # Expired keys are swept every half longest window (between a minute and an hour of event
+        # time): a stale key lingers at most that long, and a sweep, which visits every key, stays rare.
+        windows = [r.condition.window for r in self._rules() if r.condition.type in ("count", "distinct")]
+        self._expiry_every = min(3600.0, max(60.0, max(windows, default=600.0) / 2))
         self._offences: dict[str, list[float]] = {}
 
     def wants(self, event: Event) -> bool:
         """True if any rule's match accepts ``event`` (a cheap prefilter for parallel replay)."""
         last: Predicate | None = None
-        for cr in self.rules:
+        for cr in self._candidates(event.get("event.outcome"), event.get("event.dataset")):
             if cr.matches is not last:
                 last = cr.matches
                 if last(event):
@@ -209,6 +214,25 @@ class Engine:
         return added
 
     # -- the hot path ---------------------------------------------------------------------
+    def _candidates(self, outcome: Any, dataset: Any) -> list[CompiledRule]:
+        """Rules whose equality conditions on event.outcome and event.dataset admit these values."""
+        key = (outcome, dataset)
+        rules = self._index.get(key)
+        if rules is None:
+            rules = []
+            for cr in self.rules:
+                match = cr.rule.match
+                admits = True
+                for name, value in (("event.outcome", outcome), ("event.dataset", dataset)):
+                    cond = match.get(name)
+                    if cond is not None and cond.equals is not None and value not in cond.equals:
+                        admits = False
+                if admits:
+                    rules.append(cr)
+            if len(self._index) < 4096:  # both fields come from parsers: a handful of values
+                self._index[key] = rules
+        return rules
+
     def process(self, event: Event) -> list[Event]:
         """Feed one event; return the findings it completes (usually none)."""
         self.stats.events += 1
@@ -218,7 +242,7 @@ class Engine:
         eid = 0
         last: Predicate | None = None
         ok = False
-        for cr in self.rules:
+        for cr in self._candidates(event.get("event.outcome"), event.get("event.dataset")):
             if cr.matches is not last:
                 last = cr.matches
                 ok = last(event)
@@ -270,6 +294,9 @@ class Engine:
                 self._add(findings, self._finding(cr, key, event, [pack(t, eid)], 1))
         return findings
 
+    def _rules(self) -> list[Rule]:
+        return [cr.rule for cr in self.rules]
+
     @staticmethod
     def _add(findings: list[Event], finding: Event | None) -> None:
         if finding is not None:
@@ -280,7 +307,7 @@ class Engine:
         for cr in self.rules:
             if cr.state is not None:
                 cr.state.expire(now)
-        self._next_expiry = self.watermark + 60.0
+        self._next_expiry = self.watermark + self._expiry_every
 
     # -- findings -------------------------------------------------------------------------
     def _finding(self, cr: CompiledRule, key: Any, event: Event, entries: list[int], count: int) -> Event | None:

@@ -99,6 +99,10 @@ def compile_match(match: dict[str, FieldCondition]) -> Predicate:
                 terms.append(f"e.get({name!r}) in c{i}")
         elif set(simple) == {"exists"}:
             terms.append(f"e.get({name!r}) is {'not ' if cond.exists else ''}None")
+        elif set(simple) in ({"prefix"}, {"not_prefix"}) and name not in LIST_FIELDS:
+            namespace[f"c{i}"] = tuple(cond.prefix or cond.not_prefix or ())
+            test = f"(v{i} := e.get({name!r})).__class__ is str and v{i}.startswith(c{i})"
+            terms.append(f"({test})" if cond.prefix else f"not ({test})")
         else:
             namespace[f"p{i}"] = compile_field(name, cond)
             terms.append(f"p{i}(e)")

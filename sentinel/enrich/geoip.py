@@ -399,20 +399,20 @@ class GeoIPEnricher:
         self.stats.errors += 1
 
     # -- the hot path -----------------------------------------------------------------------
-    def enrich(self, event: Event) -> None:
-        """Add geo (and travel) fields to ``event`` in place, if it is one the rules need."""
-        outcome = event.get("event.outcome")
-        if outcome not in self._outcomes:
-            return
-        ip = event.get("source.ip")
-        if not isinstance(ip, str):
-            return
+    def selects(self, event: Event) -> bool:
+        """True for the events :meth:`enrich` looks up (e.g. successful authentications)."""
+        if event.get("event.outcome") not in self._outcomes or not isinstance(event.get("source.ip"), str):
+            return False
         categories = event.get("event.category") or ()
         if isinstance(categories, str):
             categories = (categories,)
-        if self._categories is not None and self._categories.isdisjoint(categories):
+        return self._categories is None or not self._categories.isdisjoint(categories)
+
+    def enrich(self, event: Event) -> None:
+        """Add geo (and travel) fields to ``event`` in place, if it is one the rules need."""
+        if not self.selects(event):
             return
-        place = self._cached(ip)
+        place = self._cached(event["source.ip"])
         if place is None:
             return
         self.stats.enriched += 1
@@ -420,7 +420,11 @@ class GeoIPEnricher:
         if place.lat is None:
             return
         event[LOCATION] = {"lat": place.lat, "lon": place.lon}
-        if self.travel is None or outcome != "success" or "authentication" not in categories:
+        if (
+            self.travel is None
+            or event.get("event.outcome") != "success"
+            or "authentication" not in (event.get("event.category") or ())
+        ):
             return
         user = event.get("user.name")
         stamp = event.get("@timestamp")

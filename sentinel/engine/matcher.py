@@ -56,8 +56,9 @@ def compile_field(name: str, cond: FieldCondition) -> Predicate:
     checks = _values_check(name, cond)
     exists = cond.exists
     is_list = name in LIST_FIELDS
+    optional = cond.optional
 
-    if len(checks) == 1 and cond.equals is not None and exists is None:
+    if len(checks) == 1 and cond.equals is not None and exists is None and not optional:
         wanted = frozenset(cond.equals)
         if is_list:
             return lambda e: not wanted.isdisjoint(e.get(name) or ())
@@ -70,7 +71,7 @@ def compile_field(name: str, cond: FieldCondition) -> Predicate:
         if not checks:
             return True
         if value is None:
-            return False
+            return optional
         if is_list and isinstance(value, list):
             return all(any(c(v) for v in value) for c in checks)
         return all(c(value) for c in checks)

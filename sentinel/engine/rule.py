@@ -42,6 +42,9 @@ class FieldCondition(_Strict):
     cidr: list[str] | None = None  # the address lies in one of these networks
     gte: float | None = None
     lte: float | None = None
+    #: The condition also holds when the field is absent (e.g. a path condition that must not
+    #: exclude error-log events, which carry no path).
+    optional: bool = False
 
     @field_validator("regex")
     @classmethod

@@ -103,6 +103,12 @@ class ResponderSettings(_Strict):
     dry_run: bool = True
 
 
+class MetricsSettings(_Strict):
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: int = Field(default=9477, ge=1, le=65535)
+
+
 class RulesSettings(_Strict):
     directories: list[Path] = Field(default_factory=list)
     disabled: list[str] = Field(default_factory=list)
@@ -142,6 +148,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     responders: ResponderSettings = ResponderSettings()
     rules: RulesSettings = RulesSettings()
+    metrics: MetricsSettings = MetricsSettings()
     engine: EngineSettings = EngineSettings()
     geoip: GeoIPSettings = Field(default_factory=GeoIPSettings)
     ports: PortAuditSettings = Field(default_factory=PortAuditSettings)

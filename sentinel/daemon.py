@@ -29,13 +29,22 @@ from typing import Final
 
 from sentinel import __version__
 from sentinel.collectors.sources.base import Batch, Source
-from sentinel.config import FileSourceSettings, JournaldSourceSettings, Settings, SourceSettings
+from sentinel.config import (
+    ConfigError,
+    FileSourceSettings,
+    JournaldSourceSettings,
+    Settings,
+    SourceSettings,
+    load_settings,
+)
+from sentinel.control import ControlServer, start_control
 from sentinel.engine.rule import RuleError
 from sentinel.enrich.geoip import GeoIPError
 from sentinel.event import Event
 from sentinel.logging import setup_logging
 from sentinel.pipeline import DetectionStage, build_responders
 from sentinel.responders.base import Responder
+from sentinel.sdnotify import Notifier
 from sentinel.store import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -49,6 +58,8 @@ WRITE_BATCH_EVENTS: Final = 5000
 SOURCE_STOP_TIMEOUT: Final = 3.0
 WRITER_STOP_TIMEOUT: Final = 5.0
 RESPONDER_STOP_TIMEOUT: Final = 5.0
+#: The writer counts as stuck when it has not come round its loop for this long.
+WRITER_STALL: Final = 30.0
 MAX_BACKOFF: Final = 60.0
 
 
@@ -140,6 +151,10 @@ class Daemon:
         self.after_commit = list(after_commit)
         self.responders = list(responders)
         self._busy = False  # the writer holds batches it has taken off the queue
+        #: When the writer last came round its loop (it does at least every half second).
+        self.heartbeat = time.monotonic()
+        #: Wall-clock time of the last successful commit.
+        self.last_commit: float | None = None
         self.queue = BatchQueue(settings.collectors.queue_size)
         self.sources: list[Source] = []
         self._stop = threading.Event()  # sources stop reading
@@ -309,6 +324,7 @@ class Daemon:
     def _write_loop(self) -> None:
         """Take batches off the queue, run the stages, commit; retry a failed commit forever."""
         while True:
+            self.heartbeat = time.monotonic()
             batches = self.queue.get_many(WRITE_BATCH_EVENTS, timeout=0.5)
             if batches is None:
                 return
@@ -329,6 +345,7 @@ class Daemon:
         while True:
             try:
                 self.store.commit_many(batches)
+                self.last_commit = time.time()
                 return
             except Exception as exc:
                 if self._abort.is_set():
@@ -341,6 +358,52 @@ class Daemon:
                 log.error("cannot write to the store (%s); retrying in %.1fs", exc, delay)
                 self._abort.wait(delay)
                 delay = min(delay * 2, 10.0)
+
+
+def reload(config_path: Path, current: Settings, detection: DetectionStage, notifier: Notifier) -> Settings:
+    """SIGHUP: load the configuration again; apply it whole or keep the old one.
+
+    Rules, the allowlist, engine limits, GeoIP and the log level change in place and rule
+    state (windows, remembered countries, offences) carries over.  Changes to sources, the
+    store or the state directory need a restart, and are reported as such.
+    """
+    notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}", "STATUS=reloading")
+    try:
+        new = load_settings(config_path)
+        detection.reload(new)
+    except (ConfigError, RuleError, GeoIPError) as exc:
+        log.error("configuration reload refused, the running configuration stays: %s", exc)
+        notifier.notify("READY=1", "STATUS=reload refused; running the previous configuration")
+        return current
+    setup_logging(new.daemon.log_level, new.daemon.log_format)
+    for section in ("sources", "store", "daemon", "collectors"):
+        if getattr(new, section) != getattr(current, section):
+            log.warning("[%s] changed: it takes effect at the next restart", section)
+    log.info("configuration reloaded from %s", config_path)
+    notifier.notify("READY=1", "STATUS=configuration reloaded")
+    return new
+
+
+def start_metrics(settings: Settings, daemon: Daemon, detection: DetectionStage) -> None:
+    """Serve Prometheus metrics; a port already taken is logged, not fatal."""
+    from sentinel.metrics import MetricsSources, serve
+
+    m = settings.metrics
+    try:
+        serve(
+            MetricsSources(
+                sources=lambda: daemon.sources,
+                engine=lambda: detection.engine,
+                queue_depth=lambda: len(daemon.queue),
+                last_commit=lambda: daemon.last_commit,
+            ),
+            m.address,
+            m.port,
+        )
+    except OSError as exc:
+        log.error("metrics endpoint %s:%d unavailable: %s", m.address, m.port, exc.strerror or exc)
+        return
+    log.info("metrics on http://%s:%d/metrics", m.address, m.port)
 
 
 def run_daemon(settings: Settings, config_path: Path) -> int:
@@ -378,21 +441,44 @@ def run_daemon(settings: Settings, config_path: Path) -> int:
         log.warning("no sources configured: nothing to watch (add [[sources]] to %s)", config_path)
 
     stopping = threading.Event()
+    reload_requested = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            reload_requested.set()
+            return
         if not stopping.is_set():
             log.info("received %s; stopping", signal.Signals(signum).name)
         stopping.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    notifier = Notifier()
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+    control: ControlServer | None = None
     try:
         daemon.start()
-        log.info("running with %d of %d sources", len(daemon.sources), len(settings.sources))
-        while not stopping.wait(1.0):
-            pass
+        control = start_control(state_dir, responders)  # `sentinel bans …` (None: logged why)
+        if settings.metrics.enabled:
+            start_metrics(settings, daemon, detection)
+        status = f"running with {len(daemon.sources)} of {len(settings.sources)} sources"
+        log.info("%s", status)
+        notifier.ready(status)
+        tick = min(1.0, notifier.watchdog_interval or 1.0)
+        while not stopping.wait(tick):
+            if reload_requested.is_set():
+                reload_requested.clear()
+                settings = reload(config_path, settings, detection, notifier)
+            # The watchdog is fed only while the writer keeps coming round its loop: a stuck
+            # store or stage stops the pings and systemd restarts the service.
+            notifier.watchdog(time.monotonic() - daemon.heartbeat < WRITER_STALL)
+        notifier.stopping()
+        if control is not None:
+            control.close()
         clean = daemon.stop()
         detection.close()
     finally:
+        if control is not None:
+            control.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("stopped%s", "" if clean else " (some threads did not finish in time)")

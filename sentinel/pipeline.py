@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,13 @@ def engine_options(settings: EngineSettings) -> EngineOptions:
 def build_responders(settings: Settings) -> list[Responder]:
     """The live responders the configuration enables (used only when dry_run is off)."""
     responders: list[Responder] = []
+    if not settings.responders.dry_run and settings.firewall.enabled:
+        from sentinel.engine.allowlist import Allowlist
+        from sentinel.responders.firewall.responder import FirewallResponder
+
+        # Built only when live: starting it sets up the kernel tables and reconciles the bans.
+        allowlist = Allowlist(settings.engine.allowlist)
+        responders.append(FirewallResponder(settings.firewall, settings.daemon.state_dir, allowlist))
     return responders
 
 
@@ -63,12 +71,34 @@ class DetectionStage:
                 for action_type in responder.action_types:
                     self.live[action_type] = responder
         self.state_path = state_path
+        self._lock = threading.Lock()  # the writer thread processes, SIGHUP reloads
         self._dirty = False
         self._saved = time.monotonic()
         self._load()
         log.info("rules engine: %d rules (%s)", len(rules), ", ".join(r.id for r in rules))
 
+    def reload(self, settings: Settings) -> None:
+        """Switch to new rules and engine settings, keeping the state of unchanged rules.
+
+        Raises (RuleError, GeoIPError) before anything changes if the new settings are bad.
+        """
+        rules = load_rules(settings.rules.directories, settings.rules.disabled)
+        engine = Engine(rules, engine_options(settings.engine))
+        enricher = open_enricher(settings.geoip)
+        with self._lock:
+            engine.adopt(self.engine)
+            old_enricher, self.enricher, self.engine = self.enricher, enricher, engine
+            if enricher is not None and old_enricher is not None:
+                enricher.load_state(old_enricher.dump_state())
+        if old_enricher is not None:
+            old_enricher.close()
+        log.info("rules engine reloaded: %d rules (%s)", len(rules), ", ".join(r.id for r in rules))
+
     def __call__(self, batch: Batch) -> Batch:
+        with self._lock:
+            return self._process(batch)
+
+    def _process(self, batch: Batch) -> Batch:
         if not batch.events:
             return batch
         enrich = self.enricher.enrich if self.enricher is not None else None

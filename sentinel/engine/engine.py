@@ -412,6 +412,21 @@ class Engine:
             self._offences[target] = [*past[-16:], now]
         return {"type": "ban", "target": target, "duration": int(duration), "offence": offence}
 
+    def adopt(self, old: Engine) -> None:
+        """Take over ``old``'s memory (configuration reload): windows of rules whose grouping
+        and condition are unchanged, cooldowns, offences and twin tracking."""
+        previous = {cr.rule.id: cr for cr in old.rules}
+        for cr in self.rules:
+            was = previous.get(cr.rule.id)
+            if was is not None and was.rule.group == cr.rule.group and was.rule.condition == cr.rule.condition:
+                cr.state = was.state
+                cr.last_fired = was.last_fired
+        self._offences = old._offences
+        self._twins = old._twins
+        self.watermark = old.watermark
+        self._next_expiry = old._next_expiry
+        self.stats = old.stats
+
     # -- state that outlives a restart ----------------------------------------------------
     def dump_state(self) -> dict[str, Any]:
         """Remembered values (countries per account) and offence history, JSON-able."""

@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STATE ?= .state
 
-.PHONY: run test deps venv lint typecheck pytest bench clean
+.PHONY: run test deps venv oidc lint typecheck pytest bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -42,7 +42,12 @@ typecheck:
 pytest:
 	$(VENV)/bin/pytest -q
 
-test: deps venv lint typecheck pytest
+# The OpenID provider the revocation tests start (npm oidc-provider, pinned in tests/oidc/):
+# installed on first use into ~/.cache/sentinel-tests; this does it ahead of time, failing early.
+oidc: venv
+	$(PY) -m tests.oidc.provider
+
+test: deps venv oidc lint typecheck pytest
 
 bench: deps venv
 	$(PY) bench/run.py

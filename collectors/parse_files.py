@@ -19,6 +19,7 @@ import orjson
 
 from sentinel.collectors.parallel import map_chunks
 from sentinel.collectors.parsers import LineParser, get_parser
+from sentinel.collectors.parsers.journal import JOURNAL_MAGIC
 from sentinel.collectors.parsers.lines import ParseStats, parse_buffer
 from sentinel.event import Event, nested
 
@@ -137,12 +138,15 @@ def _blocks(fileobj: object) -> Iterable[bytes]:
 
 def _is_binary_journal(name: str) -> bool:
     """A binary journal file (or a directory of them), read through libsystemd, not as lines."""
-    from pathlib import Path
-
-    from sentinel.collectors.sources.journald import is_journal_file
-
-    path = Path(name)
-    return path.is_dir() or (name != "-" and is_journal_file(path))
+    if name == "-":
+        return False
+    if os.path.isdir(name):
+        return True
+    try:
+        with open(name, "rb") as fh:
+            return fh.read(len(JOURNAL_MAGIC)) == JOURNAL_MAGIC  # no import of the journal reader otherwise
+    except OSError:
+        return False
 
 
 def _journal(

@@ -59,9 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the daemon in the foreground",
         description="Run the daemon in the foreground: follow the configured sources, store every "
-        "event, evaluate the rules and respond.  Stops cleanly on SIGTERM or Ctrl-C.",
+        "event, evaluate the rules and respond.  Stops cleanly on SIGTERM or Ctrl-C; SIGHUP reloads "
+        "the configuration.",
     )
     _config_arg(p)
+    p.add_argument(
+        "--wallet-password-fd",
+        type=int,
+        default=None,
+        metavar="N",
+        help="read the wallet password from inherited file descriptor N "
+        "(else the systemd credential wallet-password, else a prompt on a terminal)",
+    )
 
     p = sub.add_parser(
         "check-config",
@@ -162,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--rules", action="append", type=Path, default=[], metavar="DIR", help="extra rule directory (repeatable)"
         )
         p.add_argument("--no-builtin", action="store_true", help="only the rules from --rules directories")
+    from sentinel.wallet_cli import add_wallet_parser
+
+    add_wallet_parser(sub)
     return parser
 
 
@@ -197,6 +209,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sentinel: {exc}", file=sys.stderr)
         return 2
+    if args.wallet_password_fd is not None:
+        os.environ["SENTINEL_WALLET_PASSWORD_FD"] = str(args.wallet_password_fd)
     from sentinel.daemon import run_daemon
 
     return run_daemon(settings, config_path=path)
@@ -291,7 +305,17 @@ def _cmd_ports(args: argparse.Namespace) -> int:
     return ports_command(allowed, args.json)
 
 
+def _cmd_wallet(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    if settings is None:
+        return 2
+    from sentinel.wallet_cli import run_wallet
+
+    return run_wallet(args, settings.wallet.file(settings.daemon.state_dir))
+
+
 _COMMANDS = {
+    "wallet": _cmd_wallet,
     "ports": _cmd_ports,
     "run": _cmd_run,
     "check-config": _cmd_check_config,

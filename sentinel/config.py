@@ -25,6 +25,10 @@ from sentinel.collectors.sources.packets import PacketSensorSettings
 from sentinel.collectors.sources.ports import PortAuditSettings
 from sentinel.engine.durations import Duration
 from sentinel.enrich.geoip import GeoIPSettings
+from sentinel.responders.alerts import AlertSettings
+from sentinel.responders.firewall.settings import FirewallSettings
+from sentinel.responders.oauth import OAuthSettings
+from sentinel.wallet import WalletSettings
 
 ENV_PREFIX = "SENTINEL_"
 ENV_DELIMITER = "__"
@@ -151,6 +155,10 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     engine: EngineSettings = EngineSettings()
     geoip: GeoIPSettings = Field(default_factory=GeoIPSettings)
+    firewall: FirewallSettings = FirewallSettings()
+    wallet: WalletSettings = WalletSettings()
+    oauth: OAuthSettings = Field(default_factory=OAuthSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     ports: PortAuditSettings = Field(default_factory=PortAuditSettings)
     packet_sensor: PacketSensorSettings = Field(default_factory=PacketSensorSettings)
 

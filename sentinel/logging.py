@@ -59,11 +59,16 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
     """Send every log record at ``level`` or above to ``stream`` (stderr) in ``fmt`` (text/json)."""
+    from sentinel.wallet import RedactFilter
+
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    # Every wallet secret the daemon has decrypted is masked in whatever is logged.
+    handler.addFilter(RedactFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if not getattr(old, "sentinel_keep", False):  # e.g. the status command's recent records
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
     # watchdog logs every inotify detail at debug; keep it to warnings.

@@ -9,6 +9,7 @@ repeat offenders, each account's last login place) is saved after commits, at mo
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -27,6 +28,7 @@ from sentinel.enrich.geoip import open_enricher
 from sentinel.event import Event
 from sentinel.responders.base import Responder
 from sentinel.responders.dry_run import DryRunResponder
+from sentinel.status import summarize
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ def build_responders(settings: Settings) -> list[Responder]:
         # Built only when live: starting it sets up the kernel tables and reconciles the bans.
         allowlist = Allowlist(settings.engine.allowlist)
         responders.append(FirewallResponder(settings.firewall, settings.daemon.state_dir, allowlist))
+    from sentinel.responders.oauth import build_identity_responders  # Sentry, alert channels, OAuth revocation
+
+    responders.extend(build_identity_responders(settings))
     return responders
 
 
@@ -71,6 +76,8 @@ class DetectionStage:
                 for action_type in responder.action_types:
                     self.live[action_type] = responder
         self.state_path = state_path
+        #: The last findings, for ``sentinel status``.
+        self.recent_findings: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
         self._lock = threading.Lock()  # the writer thread processes, SIGHUP reloads
         self._dirty = False
         self._saved = time.monotonic()
@@ -110,6 +117,7 @@ class DetectionStage:
             out.append(event)
             for finding in process(event):
                 log.warning("finding: %s", finding["message"], extra={"rule": finding["rule.id"]})
+                self.recent_findings.append(summarize(finding))
                 out.append(finding)
                 out.extend(self._respond(finding))
         self._dirty = True

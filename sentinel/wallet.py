@@ -25,6 +25,7 @@ to scrub provider answers and error reports.
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import getpass
 import hmac
@@ -55,10 +56,10 @@ VERSION: Final = 1
 #: The systemd credential holding the daemon's wallet password (``LoadCredentialEncrypted=``).
 CREDENTIAL_NAME: Final = "wallet-password"
 #: An inherited file descriptor to read the password from (``sentinel run --wallet-password-fd``).
-PASSWORD_FD_ENV: Final = "SENTINEL_WALLET_PASSWORD_FD"
+PASSWORD_FD_ENV: Final = "SENTINEL_WALLET_PASSWORD_FD"  # noqa: S105 - a variable name
 #: FOR TESTS ONLY: the password in the environment (visible in /proc/PID/environ to root and
 #: to the process owner, inherited by children).  Never use it in production.
-TEST_PASSWORD_ENV: Final = "SENTINEL_TEST_WALLET_PASSWORD"
+TEST_PASSWORD_ENV: Final = "SENTINEL_TEST_WALLET_PASSWORD"  # noqa: S105 - a variable name
 REDACTED: Final = "[redacted]"
 
 _CHECK_PLAINTEXT: Final = b"sentinel-wallet password check v1"
@@ -92,21 +93,31 @@ class WalletTampered(WalletError):
 
 _known_lock = threading.Lock()
 _known: set[str] = set()
+#: Short-lived secrets (app access tokens, renewed hourly) are remembered in a bounded window.
+_transient: collections.deque[str] = collections.deque(maxlen=48)
 _known_sorted: tuple[str, ...] = ()
 
 
-def register_secret(value: str) -> None:
-    """Have :func:`redact` hide ``value`` (and its URL-encoded form) from now on."""
+def register_secret(value: str, *, transient: bool = False) -> None:
+    """Have :func:`redact` hide ``value`` (and its URL-encoded forms) from now on.
+
+    ``transient`` values (tokens that expire and are renewed) are remembered only until 16
+    newer ones replace them, so the list :func:`redact` scans stays short.
+    """
     from urllib.parse import quote, quote_plus
 
     global _known_sorted
     if len(value) < _MIN_SECRET_LEN:
         return
+    forms = {value, quote(value, safe=""), quote_plus(value)}
     with _known_lock:
-        before = len(_known)
-        _known.update({value, quote(value, safe=""), quote_plus(value)})
-        if len(_known) != before:
-            _known_sorted = tuple(sorted(_known, key=len, reverse=True))
+        if forms <= _known or forms <= set(_transient):
+            return
+        if transient:
+            _transient.extend(sorted(forms))
+        else:
+            _known.update(forms)
+        _known_sorted = tuple(sorted(_known | set(_transient), key=len, reverse=True))
 
 
 def redact(text: str) -> str:
@@ -126,6 +137,37 @@ def redact_obj(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [redact_obj(v) for v in obj]
     return obj
+
+
+class RedactFilter(logging.Filter):
+    """A handler filter that passes each record's message, and its exception's text, through :func:`redact`.
+
+    An exception is redacted in place (its string arguments, along the cause chain), so every
+    formatter's traceback shows the redacted text.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _known_sorted:
+            return True
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        exc = record.exc_info[1] if record.exc_info else None
+        for _ in range(10):
+            if exc is None:
+                break
+            with contextlib.suppress(Exception):
+                exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+            exc = exc.__cause__ or exc.__context__
+        return True
+
+
+def install_log_redaction(logger: logging.Logger | None = None) -> None:
+    """Add :class:`RedactFilter` to the handlers of ``logger`` (the root logger) once."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, RedactFilter) for f in handler.filters):
+            handler.addFilter(RedactFilter())
 
 
 class Secret:
@@ -332,7 +374,9 @@ class Wallet:
 
     # -- creating and opening --
     @classmethod
-    def create(cls, path: Path, password: str, *, kdf: Mapping[str, Any] | None = None, overwrite: bool = False) -> Wallet:
+    def create(
+        cls, path: Path, password: str, *, kdf: Mapping[str, Any] | None = None, overwrite: bool = False
+    ) -> Wallet:
         """A new empty wallet at ``path`` locked with ``password``."""
         _check_new_password(password)
         if path.exists() and not overwrite:
@@ -562,7 +606,9 @@ def _read_doc(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
     except ValueError:
-        raise WalletTampered(f"{path}: the wallet file is not valid JSON (modified or truncated): refusing it") from None
+        raise WalletTampered(
+            f"{path}: the wallet file is not valid JSON (modified or truncated): refusing it"
+        ) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise WalletTampered(f"{path}: not a Sentinel wallet file")
     if doc.get("version") != VERSION:
@@ -677,10 +723,16 @@ def daemon_password(
 
 
 def open_wallet(path: Path, password: str) -> Wallet:
-    """Open ``path`` and warn if other users can read it."""
+    """Open ``path``, check every record's tag now (not at the first revocation), warn if others can read it.
+
+    Decrypting every record also registers every secret with :func:`redact` from the start.
+    """
     wallet = Wallet.open(path, password)
+    for name in wallet.providers():
+        wallet.provider(name)
+    for name in wallet.accounts():
+        wallet.account(name)
     with contextlib.suppress(OSError):
         if stat.S_IMODE(path.stat().st_mode) & 0o077:
             log.warning("%s is readable by other users: chmod 600 it", path)
     return wallet
-

@@ -37,7 +37,7 @@ typecheck:
 	for d in collectors responders rules; do ln -s ../../../$$d build/typecheck/sentinel/$$d; done
 	ln -s ../../tests ../../bench build/typecheck/
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml \
-	  -p sentinel -p tests -m bench.run
+	  -p sentinel -p tests -m bench.run -m bench.bans
 
 pytest:
 	$(VENV)/bin/pytest -q
@@ -51,6 +51,7 @@ test: deps venv oidc lint typecheck pytest
 
 bench: deps venv
 	$(PY) bench/run.py
+	$(PY) bench/bans.py
 
 clean:
 	rm -rf build $(STATE) .pytest_cache .mypy_cache .ruff_cache

@@ -45,6 +45,7 @@ from sentinel.logging import setup_logging
 from sentinel.pipeline import DetectionStage, build_responders
 from sentinel.responders.base import Responder
 from sentinel.sdnotify import Notifier
+from sentinel.status import RecentRecords, StatusProvider
 from sentinel.store import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -396,6 +397,7 @@ def start_metrics(settings: Settings, daemon: Daemon, detection: DetectionStage)
                 engine=lambda: detection.engine,
                 queue_depth=lambda: len(daemon.queue),
                 last_commit=lambda: daemon.last_commit,
+                extra=[r.metrics for r in daemon.responders if hasattr(r, "metrics")],
             ),
             m.address,
             m.port,
@@ -451,13 +453,17 @@ def run_daemon(settings: Settings, config_path: Path) -> int:
             log.info("received %s; stopping", signal.Signals(signum).name)
         stopping.set()
 
+    recent = RecentRecords()
+    recent.sentinel_keep = True  # type: ignore[attr-defined]  # survives setup_logging on reload
+    logging.getLogger().addHandler(recent)
     notifier = Notifier()
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     control: ControlServer | None = None
     try:
         daemon.start()
-        control = start_control(state_dir, responders)  # `sentinel bans …` (None: logged why)
+        status_provider = StatusProvider(daemon, detection, recent)
+        control = start_control(state_dir, [*responders, status_provider])  # `sentinel status|bans`
         if settings.metrics.enabled:
             start_metrics(settings, daemon, detection)
         status = f"running with {len(daemon.sources)} of {len(settings.sources)} sources"

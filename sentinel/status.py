@@ -32,13 +32,26 @@ class RecentRecords(logging.Handler):
         self.records.append({"time": record.created, "level": record.levelname, "message": record.getMessage()})
 
 
+class StatusProvider:
+    """Offers the ``status`` control command (see :mod:`sentinel.control`)."""
+
+    def __init__(self, daemon: Daemon, detection: DetectionStage, recent: RecentRecords) -> None:
+        self.handler = status_command(daemon, detection, recent)
+
+    def control_commands(self) -> dict[str, Handler]:
+        return {"status": self.handler}
+
+
 def status_command(daemon: Daemon, detection: DetectionStage, recent: RecentRecords) -> Handler:
     """The ``status`` control command."""
 
     def status(args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         now = time.time()
         engine = detection.engine
+        firewall = [r.manager.status() for r in daemon.responders if hasattr(r, "manager")]
         return {
+            "dry_run": not detection.live,
+            "firewall": firewall[0] if firewall else None,
             "sources": [
                 {
                     "name": s.name,
@@ -75,9 +88,11 @@ def print_status(result: dict[str, Any], out: Callable[[str], None] = print) -> 
             f"last read {_age(s['last_read_age'])}{problem}"
         )
     out(f"Queue: {result['queue_events']} events waiting; last commit {_age(result['last_commit_age'])}")
-    for key in ("active_bans",):
-        if key in result:
-            out(f"Active bans: {result[key]}")
+    if result["dry_run"]:
+        out("Responders: dry-run (actions are recorded, not taken)")
+    firewall = result.get("firewall")
+    if firewall:
+        out("Firewall: " + ", ".join(f"{k}={v}" for k, v in firewall.items() if not isinstance(v, (dict, list))))
     out("Findings per rule: " + (", ".join(f"{k}={v}" for k, v in sorted(result["findings"].items())) or "none"))
     if result["recent_findings"]:
         out("Recent findings:")

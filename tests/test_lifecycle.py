@@ -98,6 +98,7 @@ def test_notify_reload_and_stop(tmp_path: Path, notify_socket: socket.socket) ->
     )
     cfg = tmp_path / "sentinel.toml"
     cfg.write_text(base)
+    (tmp_path / "status.toml").write_text(base)  # what `sentinel status` reads: the state dir
     env = {**clean_env(), "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"}
     err = (tmp_path / "stderr").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "sentinel", "run", "-c", str(cfg)], env=env, stderr=err)
@@ -134,6 +135,28 @@ def test_notify_reload_and_stop(tmp_path: Path, notify_socket: socket.socket) ->
                 "COMMAND=/usr/bin/id\n"
             )
         wait_until(lambda: sum(f["rule.id"] == "test-sudo-watch" for f in findings(state)) == 2, 10)
+
+        status = subprocess.run(
+            [sys.executable, "-m", "sentinel", "status", "--json", "-c", str(cfg.with_name("status.toml"))],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+            env=clean_env(),
+        )
+        report = json.loads(status.stdout)
+        assert [(s["name"], s["lines"]) for s in report["sources"]] == [("auth", 7)]
+        assert report["dry_run"] is True
+        assert {f["rule.id"] for f in report["recent_findings"]} >= {"ssh-brute-force", "test-sudo-watch"}
+        human = subprocess.run(
+            [sys.executable, "-m", "sentinel", "status", "-c", str(cfg.with_name("status.toml"))],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+            env=clean_env(),
+        ).stdout
+        assert "Recent findings:" in human and "ssh-brute-force" in human
 
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert 'sentinel_source_lines_total{source="auth"} 7.0' in body

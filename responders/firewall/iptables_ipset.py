@@ -127,6 +127,7 @@ class IptablesIpsetBackend(Backend):
 
     def restore(self, elements: Sequence[Element]) -> None:
         self.setup()
+        self._destroy_new()  # left by a reload that failed (a full set), maybe with other parameters
         lines: list[str] = []
         for version, name in self.sets.items():
             new = f"{name}-new"
@@ -170,12 +171,21 @@ class IptablesIpsetBackend(Backend):
 
     def teardown(self) -> None:
         self._rules(install=False)
-        lines = [f"destroy {name}" for name in self.sets.values()]
-        try:
-            self._restore(lines)
-        except BackendError as exc:
-            if "does not exist" not in str(exc):
-                raise
+        self._destroy_new()
+        with self._netlink() as ipset:
+            for name in self.sets.values():
+                try:
+                    ipset.destroy(name)
+                except Exception as exc:
+                    if "does not exist" not in str(exc):
+                        raise
+
+    def _destroy_new(self) -> None:
+        """Remove the ``<set>-new`` sets a failed reload may have left."""
+        with self._netlink() as ipset:
+            for name in self.sets.values():
+                with contextlib.suppress(Exception):  # absent: nothing to do
+                    ipset.destroy(f"{name}-new")
 
     def close(self) -> None:
         if self._ipset is not None:

@@ -267,7 +267,7 @@ class BanManager:
         permanent = sum(1 for b in bans if b.expires is None)
         log.info(
             "firewall %s: %d bans in the kernel (%d permanent) in %.3fs",
-            "restored" if first else "recovered",
+            "restored" if first else "recovered" if was_failing else "reloaded",
             len(bans),
             permanent,
             took,

@@ -9,10 +9,11 @@ bans go through the same checks (allowlist), state and kernel as the engine's.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sentinel.control import CommandError, Handler, Peer
 from sentinel.engine.allowlist import Allowlist
@@ -23,6 +24,9 @@ from sentinel.responders.firewall import make_backend
 from sentinel.responders.firewall.backend import Backend
 from sentinel.responders.firewall.manager import BanManager, BanRequest, Reply
 from sentinel.responders.firewall.settings import FirewallSettings
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,21 @@ class FirewallResponder(Responder):
 
     def stop(self, timeout: float) -> None:
         self.manager.stop(timeout)
+
+    def metrics(self) -> Iterator[Metric]:
+        """Prometheus families (for ``MetricsSources.extra``), read from the manager's counters."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        status = self.manager.status()
+        yield GaugeMetricFamily("sentinel_firewall_up", "1 while the firewall can be changed", value=status["healthy"])
+        yield GaugeMetricFamily("sentinel_firewall_bans", "Active bans (in the state)", value=status["active"])
+        yield GaugeMetricFamily(
+            "sentinel_firewall_pending", "Bans and unbans not yet in the kernel (retried)", value=status["pending"]
+        )
+        changes = CounterMetricFamily("sentinel_firewall_changes", "Firewall outcomes by kind", labels=["kind"])
+        for kind in ("bans", "unbans", "refused", "failures"):
+            changes.add_metric([kind], self.manager.stats[kind])
+        yield changes
 
     # -- control commands ---------------------------------------------------------------------------
     def control_commands(self) -> dict[str, Handler]:

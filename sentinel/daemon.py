@@ -187,6 +187,10 @@ class Daemon:
         """The listening-port audit and the packet sensor, when enabled."""
         hostname = self.settings.daemon.hostname
         ports = self.settings.ports
+        metrics = self.settings.metrics
+        if ports.enabled and metrics.enabled:  # Sentinel's own metrics endpoint is expected
+            own = f"tcp/{metrics.port}@{metrics.address}"
+            ports = ports.model_copy(update={"allowed": [*ports.allowed, own]})
         if ports.enabled:
             from sentinel.collectors.sources.ports import PortAuditSource
 
@@ -466,7 +470,7 @@ def run_daemon(settings: Settings, config_path: Path) -> int:
         control = start_control(state_dir, [*responders, status_provider])  # `sentinel status|bans`
         if settings.metrics.enabled:
             start_metrics(settings, daemon, detection)
-        status = f"running with {len(daemon.sources)} of {len(settings.sources)} sources"
+        status = f"running with {len(daemon.sources)} sources ({len(settings.sources)} configured)"
         log.info("%s", status)
         notifier.ready(status)
         tick = min(1.0, notifier.watchdog_interval or 1.0)

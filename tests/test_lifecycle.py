@@ -104,7 +104,7 @@ def test_notify_reload_and_stop(tmp_path: Path, notify_socket: socket.socket) ->
     proc = subprocess.Popen([sys.executable, "-m", "sentinel", "run", "-c", str(cfg)], env=env, stderr=err)
     try:
         got = messages(notify_socket, "READY=1")
-        assert any("STATUS=running with 1 of 1 sources" in m for m in got)
+        assert any("STATUS=running with 1 sources (1 configured)" in m for m in got)
         messages(notify_socket, "WATCHDOG=1")  # fed by the main loop while the writer moves
 
         with log.open("a") as fh:

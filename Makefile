@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STATE ?= .state
 
-.PHONY: run test deps venv oidc lint typecheck pytest bench clean
+.PHONY: run test deps venv oidc lint typecheck pytest bench soak clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -37,7 +37,7 @@ typecheck:
 	for d in collectors responders rules; do ln -s ../../../$$d build/typecheck/sentinel/$$d; done
 	ln -s ../../tests ../../bench build/typecheck/
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml \
-	  -p sentinel -p tests -m bench.run -m bench.bans
+	  -p sentinel -p tests -m bench.run -m bench.bans -m bench.soak
 
 pytest:
 	$(VENV)/bin/pytest -q
@@ -52,6 +52,10 @@ test: deps venv oidc lint typecheck pytest
 bench: deps venv
 	$(PY) bench/run.py
 	$(PY) bench/bans.py
+
+# 30 minutes at 20k lines/s through `sentinel run`; RSS and CPU in bench/out/soak.json.
+soak: deps venv
+	$(PY) bench/soak.py --minutes 30 --rate 20000
 
 clean:
 	rm -rf build $(STATE) .pytest_cache .mypy_cache .ruff_cache

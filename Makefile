@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STATE ?= .state
 
-.PHONY: run test deps venv oidc lint typecheck pytest bench soak clean
+.PHONY: run test deps venv oidc lint typecheck pytest bench bench-store soak clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -37,7 +37,7 @@ typecheck:
 	for d in collectors responders rules; do ln -s ../../../$$d build/typecheck/sentinel/$$d; done
 	ln -s ../../tests ../../bench build/typecheck/
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml \
-	  -p sentinel -p tests -m bench.run -m bench.bans -m bench.soak
+	  -p sentinel -p tests -m bench.run -m bench.bans -m bench.soak -m bench.store
 
 pytest:
 	$(VENV)/bin/pytest -q
@@ -52,6 +52,10 @@ test: deps venv oidc lint typecheck pytest
 bench: deps venv
 	$(PY) bench/run.py
 	$(PY) bench/bans.py
+
+# The embedded store: ingest, a two-year 10M-event query, `audit verify` (writes ~8 GB under bench/out).
+bench-store: deps venv
+	$(PY) bench/store.py
 
 # 30 minutes at 20k lines/s through `sentinel run`; RSS and CPU in bench/out/soak.json.
 soak: deps venv

@@ -171,9 +171,49 @@ def build_parser() -> argparse.ArgumentParser:
             "--rules", action="append", type=Path, default=[], metavar="DIR", help="extra rule directory (repeatable)"
         )
         p.add_argument("--no-builtin", action="store_true", help="only the rules from --rules directories")
+    bans = sub.add_parser(
+        "bans",
+        help="list, add and remove firewall bans (through the running daemon)",
+        description="Firewall bans, through the running daemon's control socket (<state_dir>/control.sock): "
+        "the daemon applies the allowlist, keeps the ban state and the kernel consistent and records every "
+        "change as an event.  Exit status: 0 done, 1 refused or not in effect yet, 3 no daemon answers.",
+    )
+    bsub = bans.add_subparsers(dest="bans_command", metavar="ACTION", required=True)
+    p = bsub.add_parser("list", help="the active bans, and what Sentinel manages in the firewall")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N bans (soonest to end first)")
+    p = bsub.add_parser("add", help="ban an address or CIDR network now")
+    _config_arg(p)
+    p.add_argument("target", metavar="ADDR", help="an IPv4/IPv6 address or CIDR network, e.g. 2001:db8::/64")
+    how_long = p.add_mutually_exclusive_group()
+    how_long.add_argument(
+        "--duration",
+        default=None,
+        metavar="DURATION",
+        help="e.g. 90, 30m, 1h, 7d (default: [firewall] default_duration)",
+    )
+    how_long.add_argument("--permanent", action="store_true", help="until removed")
+    p = bsub.add_parser("remove", help="lift a ban now")
+    _config_arg(p)
+    p.add_argument("target", metavar="ADDR", help="the banned address or network")
+
+    p = sub.add_parser(
+        "status",
+        help="what the running daemon is doing",
+        description="Ask the running daemon (over <state_dir>/control.sock; root or the sentinel group) for its "
+        "sources and their lag, queue, findings, recent findings, bans and last errors.  Exit status 3 when "
+        "no daemon answers.",
+    )
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+
     from sentinel.wallet_cli import add_wallet_parser
 
     add_wallet_parser(sub)
+    from sentinel.audit_cli import add_audit_parser
+
+    add_audit_parser(sub, _config_arg)
     return parser
 
 
@@ -305,6 +345,36 @@ def _cmd_ports(args: argparse.Namespace) -> int:
     return ports_command(allowed, args.json)
 
 
+def _cmd_bans(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    if settings is None:
+        return 2
+    from sentinel.bans_cli import bans_command
+
+    return bans_command(args, settings.daemon.state_dir)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    if settings is None:
+        return 2
+    import json
+
+    from sentinel.control import ControlUnavailable, request, socket_path
+    from sentinel.status import print_status
+
+    try:
+        result = request(socket_path(settings.daemon.state_dir), "status")
+    except ControlUnavailable as exc:
+        print(f"sentinel: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_status(result)
+    return 0
+
+
 def _cmd_wallet(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     if settings is None:
@@ -314,7 +384,19 @@ def _cmd_wallet(args: argparse.Namespace) -> int:
     return run_wallet(args, settings.wallet.file(settings.daemon.state_dir))
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    if settings is None:
+        return 2
+    from sentinel.audit_cli import audit_command
+
+    return audit_command(args, settings)
+
+
 _COMMANDS = {
+    "audit": _cmd_audit,
+    "bans": _cmd_bans,
+    "status": _cmd_status,
     "wallet": _cmd_wallet,
     "ports": _cmd_ports,
     "run": _cmd_run,

@@ -98,6 +98,8 @@ class CollectorSettings(_Strict):
 class StoreSettings(_Strict):
     backend: Literal["sqlite"] = "sqlite"
     path: Path | None = None
+    #: Sealed monthly partitions are dropped this long after their month ended (by arrival).
+    retention_days: float = Field(default=730, gt=0)
 
     def sqlite_path(self, state_dir: Path) -> Path:
         return self.path if self.path is not None else state_dir / "events.db"

@@ -46,7 +46,7 @@ from sentinel.pipeline import DetectionStage, build_responders
 from sentinel.responders.base import Responder
 from sentinel.sdnotify import Notifier
 from sentinel.status import RecentRecords, StatusProvider
-from sentinel.store import SQLiteStore
+from sentinel.store import MaintenanceJob, SQLiteStore
 
 log = logging.getLogger(__name__)
 
@@ -464,8 +464,12 @@ def run_daemon(settings: Settings, config_path: Path) -> int:
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     control: ControlServer | None = None
+    # Daily: seal last month's records into their partition, drop partitions past retention
+    # (each drop an audit event), log the chain head as an anchor for `sentinel audit verify`.
+    maintenance = MaintenanceJob(db_path, settings.store.retention_days, hostname=settings.daemon.hostname)
     try:
         daemon.start()
+        maintenance.start()
         status_provider = StatusProvider(daemon, detection, recent)
         control = start_control(state_dir, [*responders, status_provider])  # `sentinel status|bans`
         if settings.metrics.enabled:
@@ -484,6 +488,7 @@ def run_daemon(settings: Settings, config_path: Path) -> int:
         notifier.stopping()
         if control is not None:
             control.close()
+        maintenance.stop()
         clean = daemon.stop()
         detection.close()
     finally:

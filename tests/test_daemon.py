@@ -75,7 +75,8 @@ def test_store_commits_events_with_checkpoint_and_reads_them_back(tmp_path: Path
         assert [e["n"] for e in events[1:]] == [0, 1, 0, 1, 2]
     with sqlite3.connect(tmp_path / "events.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT ts FROM events WHERE id = 1").fetchone()[0] == "2024-01-01T00:00:00Z"
+        # ts: the event's @timestamp in microseconds since the epoch (indexed for time queries)
+        assert conn.execute("SELECT ts FROM events WHERE id = 1").fetchone()[0] == 1_704_067_200_000_000
 
 
 def test_store_commit_is_all_or_nothing(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ what was written in between.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -90,7 +91,12 @@ def open_reader(
             reader = journal.Reader(converters=converters)
             if not (reader.has_runtime_files() or reader.has_persistent_files()):
                 reader.close()
-                raise JournalError("no readable system journal files: run as root or in the systemd-journal group")
+                why = (
+                    "the journal directories hold no journal files yet"
+                    if os.geteuid() == 0
+                    else "run as root or in the systemd-journal group"
+                )
+                raise JournalError(f"no readable system journal files: {why}")
     except OSError as exc:
         raise JournalError(f"cannot open the journal: {exc}") from None
     if data_threshold is not None:

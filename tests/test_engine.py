@@ -278,3 +278,12 @@ def test_dormant_account_is_not_relearnt_silently() -> None:
     assert seen.add("alice", "DE", 0.0) == (False, [])  # first country: learnt
     seen.expire(1000.0)  # DE forgotten, alice still known
     assert seen.add("alice", "BR", 1000.0) == (True, [])
+
+
+def test_state_stays_bounded_when_event_time_stalls() -> None:
+    """Old lines arriving after newer ones (a clock set back) still get their state swept."""
+    engine = Engine([rule()], OPTIONS)
+    run(engine, [failure("198.51.100.1", 7200)])  # the watermark: two hours in
+    for i in range(250_000):  # then a flood of events an hour older than the watermark
+        engine.process(failure(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", 3600))
+    assert sum(engine.state_sizes().values()) <= 100_001

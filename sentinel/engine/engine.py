@@ -89,6 +89,9 @@ _CARRIED = (
     "sentinel.travel.elapsed_s",
 )
 
+#: Late events between two sweeps of expired state when event time does not advance.
+_LATE_SWEEP_EVERY = 100_000
+
 #: An sshd connection lives at most LoginGraceTime (120 s by default) before authenticating.
 _CONNECTION_LIFETIME = 600.0
 
@@ -164,6 +167,7 @@ class Engine:
         self._next_expiry = 0.0
         self._twins: dict[tuple[Any, ...], list[float]] = {}
         self._index: dict[tuple[Any, Any], list[CompiledRule]] = {}
+        self._since_sweep = 0  # late events since the last sweep
         # Expired keys are swept every half longest window (between a minute and an hour of event
         # time): a stale key lingers at most that long, and a sweep, which visits every key, stays rare.
         windows = [r.condition.window for r in self._rules() if r.condition.type in ("count", "distinct")]
@@ -256,6 +260,11 @@ class Engine:
                         self._expire()
                 elif t < self.watermark - self.options.late_tolerance:
                     self.stats.late += 1
+                    # Event time has stalled behind the watermark (a clock set back, an old file
+                    # replayed live): sweep on processed-event count too, so state stays bounded.
+                    self._since_sweep += 1
+                    if self._since_sweep >= _LATE_SWEEP_EVERY:
+                        self._expire()
                 eid = _id_int(event_id(event))
             key = cr.key(event)
             if key is None:
@@ -303,6 +312,7 @@ class Engine:
             findings.append(finding)
 
     def _expire(self) -> None:
+        self._since_sweep = 0
         now = self.watermark - self.options.late_tolerance
         for cr in self.rules:
             if cr.state is not None:

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import re
 
-from sentinel.collectors.parsers.addresses import normalize_ip
+from sentinel.collectors.parsers.addresses import add_source, normalize_ip
 from sentinel.collectors.parsers.syslog import Connections, uses_connections
 from sentinel.event import Event
 
@@ -131,6 +131,16 @@ _SSH_SERVER = re.compile(r"SSH: Server;Ltype: \w+;Remote: (\S+?)-(\d{1,10});")
 _KERNEL = re.compile(r"kernel: ?\[[^\]]*\]:? ")
 
 
+def _with_peer(event: Event, user: str | None, addr: str, port: str | None) -> Event:
+    """Add the user and the peer (``source.*``) sshd named to ``event``."""
+    if user is not None:
+        event["user.name"] = user
+    add_source(event, addr)
+    if port is not None:
+        event["source.port"] = int(port)
+    return event
+
+
 def _failure(action: str, user: str | None, addr: str, port: str | None, etype: str = "start") -> Event:
     """A failed-authentication event from ``addr``."""
     event: Event = {
@@ -142,16 +152,7 @@ def _failure(action: str, user: str | None, addr: str, port: str | None, etype: 
         "service.name": "sshd",
         "source.address": addr,
     }
-    if user is not None:
-        event["user.name"] = user
-    ip = normalize_ip(addr)
-    if ip is not None:
-        event["source.ip"] = ip
-    else:
-        event["source.domain"] = addr
-    if port is not None:
-        event["source.port"] = int(port)
-    return event
+    return _with_peer(event, user, addr, port)
 
 
 def _network(action: str, user: str | None, addr: str, port: str | None, etype: list[str]) -> Event:
@@ -164,16 +165,7 @@ def _network(action: str, user: str | None, addr: str, port: str | None, etype: 
         "service.name": "sshd",
         "source.address": addr,
     }
-    if user is not None:
-        event["user.name"] = user
-    ip = normalize_ip(addr)
-    if ip is not None:
-        event["source.ip"] = ip
-    else:
-        event["source.domain"] = addr
-    if port is not None:
-        event["source.port"] = int(port)
-    return event
+    return _with_peer(event, user, addr, port)
 
 
 def _mark_failed(conns: Connections | None, host: str | None, pid: str | None, addr: str, port: str | None) -> None:

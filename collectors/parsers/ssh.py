@@ -292,13 +292,7 @@ def parse(msg: str, conns: Connections | None = None, host: str | None = None, p
         }
         if user is None:
             del event["user.name"]
-        ip = normalize_ip(addr)
-        if ip is not None:
-            event["source.ip"] = ip
-        else:
-            event["source.domain"] = addr
-        if port is not None:
-            event["source.port"] = int(port)
+        _with_peer(event, None, addr, port)
         if conns is not None and pid is not None:
             conns.put((host, pid), (addr, port, True))
         return event
@@ -324,13 +318,7 @@ def parse(msg: str, conns: Connections | None = None, host: str | None = None, p
             "user.name": user,
             "source.address": addr,
         }
-        ip = normalize_ip(addr)
-        if ip is not None:
-            event["source.ip"] = ip
-        else:
-            event["source.domain"] = addr
-        if port is not None:
-            event["source.port"] = int(port)
+        _with_peer(event, None, addr, port)
         if conns is not None and pid is not None:
             conns.put((host, pid), (addr, port, True))
         return event

@@ -6,7 +6,8 @@ chunk can be parsed on its own.  Two ways to deliver results:
 * ``direct_fd``: each worker writes its chunk's bytes straight to that descriptor when its
   turn comes (a token passed round a ring of pipes) — no copy through the parent;
 * otherwise each worker sends its results through its own pipe and the parent hands them to
-  ``emit`` in chunk order.
+  ``emit`` in chunk order; a chunk's result may be several messages (a list of ``bytes``), so
+  chunks can be large (little warm-up per byte) while the parent holds one message at a time.
 
 A worker starts parsing ``WARMUP`` bytes before its chunk and discards what that yields, so
 parsers that remember a connection across lines (sshd names the peer only in some of them)
@@ -26,8 +27,9 @@ WARMUP = 512 << 10
 _LEN = struct.Struct("<Q")
 
 #: ``work(start, end, warmup_start)`` parses bytes [start, end) after warming up on
-#: [warmup_start, start); it returns the chunk's result as bytes.
-Work = Callable[[int, int, int], bytes]
+#: [warmup_start, start); it returns the chunk's result as bytes, or (with ``emit``) as a list
+#: of messages, each handed to ``emit`` on its own.
+Work = Callable[[int, int, int], bytes | list[bytes]]
 
 
 def boundaries(fd: int, size: int, chunk: int = CHUNK) -> list[int]:
@@ -124,8 +126,12 @@ def map_chunks(
                     start, end = ranges[k]
                     data = work(start, end, warmup_start(fd, start))
                     if direct_fd is None:
-                        _send(out, data)
+                        messages = [data] if isinstance(data, bytes) else data
+                        _write_all(out, _LEN.pack(len(messages)))
+                        for message in messages:
+                            _send(out, message)
                     else:
+                        assert isinstance(data, bytes)
                         if k > 0:
                             os.read(tokens[w][0], 1)  # wait for our turn
                         _write_all(direct_fd, data)
@@ -145,7 +151,10 @@ def map_chunks(
     try:
         if direct_fd is None and emit is not None:
             for k in range(len(ranges)):
-                emit(_receive(results[k % jobs][0]))
+                fd_k = results[k % jobs][0]
+                (count,) = _LEN.unpack(_read_exact(fd_k, _LEN.size))
+                for _ in range(count):
+                    emit(_receive(fd_k))
         trailers = [_receive(r) for r, _ in results]
     except EOFError:
         failed = True

@@ -287,3 +287,26 @@ def test_state_stays_bounded_when_event_time_stalls() -> None:
     for i in range(250_000):  # then a flood of events an hour older than the watermark
         engine.process(failure(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", 3600))
     assert sum(engine.state_sizes().values()) <= 100_001
+
+
+def test_tagged_entries_are_shared_and_a_foreign_tag_is_harmless() -> None:
+    """The engine's one tagged entry per event is stored as is by a count and a distinct window
+    (one int for both); a tag from another table never changes what a distinct window reads."""
+    from sentinel.engine.windows import DistinctWindows, ValueIds, untag
+
+    ids = ValueIds()
+    counts = CountWindows(threshold=3, window=600, max_keys=10)
+    distinct = DistinctWindows(threshold=3, window=600, max_keys=10, ids=ids)
+    entry = pack(1.0, 7) | ids.tag("root")
+    assert counts.add("203.0.113.1", entry) is None
+    assert distinct.add("203.0.113.1", "root", entry) is None
+    assert counts._state["203.0.113.1"] is distinct._state["203.0.113.1"]
+    # An entry tagged for another value (or table): stored re-tagged, read back exactly.
+    other = DistinctWindows(threshold=2, window=600, max_keys=10)
+    assert other.add("k", "admin", pack(2.0, 8) | ids.tag("root")) is None
+    assert other.add("k", "root", pack(3.0, 9)) == [pack(2.0, 8), pack(3.0, 9)]
+    # Count windows ignore tags: fired entries are plain.
+    assert counts.add("203.0.113.1", pack(2.0, 8) | ids.tag("x")) is None
+    fired = counts.add("203.0.113.1", pack(3.0, 9))
+    assert fired is not None
+    assert fired == [pack(1.0, 7), pack(2.0, 8), pack(3.0, 9)] == [untag(e) for e in fired]

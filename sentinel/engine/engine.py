@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -19,7 +20,7 @@ from typing import Any
 from sentinel.engine.allowlist import Allowlist
 from sentinel.engine.matcher import Predicate, compile_match
 from sentinel.engine.rule import SEVERITY_SCORE, Rule
-from sentinel.engine.windows import CountWindows, DistinctWindows, NewValues, pack, unpack_id
+from sentinel.engine.windows import CountWindows, DistinctWindows, NewValues, ValueIds, pack, unpack_id, untag
 from sentinel.event import Event, event_id, event_time
 
 
@@ -68,6 +69,11 @@ def _id_int(eid: str) -> int:
         return int.from_bytes(blake2b(eid.encode(), digest_size=8).digest(), "big")
 
 
+def int_id(event: Event) -> int:
+    """The event's id as the int :meth:`Engine.process` takes (its ``eid`` argument)."""
+    return _id_int(event_id(event))
+
+
 def _match_key(rule: Rule) -> str:
     return json.dumps({k: v.model_dump(exclude_none=True) for k, v in rule.match.items()}, sort_keys=True)
 
@@ -97,11 +103,14 @@ _CONNECTION_LIFETIME = 600.0
 
 _ADDRESS_FIELDS = frozenset({"source.ip", "destination.ip", "client.ip"})
 
+#: The rules an event may concern, and the (field, value ids) to tag its entry with.
+_Candidates = tuple[list["CompiledRule"], tuple[tuple[str, ValueIds], ...]]
+
 
 class CompiledRule:
     """A rule with its predicate, key function and state."""
 
-    def __init__(self, rule: Rule, options: EngineOptions, matches: Predicate) -> None:
+    def __init__(self, rule: Rule, options: EngineOptions, matches: Predicate, ids: ValueIds | None = None) -> None:
         self.rule = rule
         self.matches = matches
         cond = rule.condition
@@ -109,13 +118,16 @@ class CompiledRule:
         if cond.type == "count":
             self.state = CountWindows(cond.threshold, cond.window, options.max_keys)
         elif cond.type == "distinct":
-            self.state = DistinctWindows(cond.threshold, cond.window, options.max_keys)
+            self.state = DistinctWindows(cond.threshold, cond.window, options.max_keys, ids)
         elif cond.type == "new_value":
             self.state = NewValues(cond.remember, options.max_keys, cond.learn_first)
         else:
             self.state = None
         self.by = tuple(rule.group.by)
         self.v4, self.v6 = rule.group.ipv4_prefix, rule.group.ipv6_prefix
+        #: The grouping field when there is one (the common case, a fast path in :meth:`key`).
+        self.one = self.by[0] if len(self.by) == 1 else None
+        self.one_is_address = self.one in _ADDRESS_FIELDS
         self.cooldown = rule.cooldown
         self.max_keys = options.max_keys
         self.last_fired: dict[Any, float] = {}
@@ -134,6 +146,11 @@ class CompiledRule:
 
     def key(self, event: Event) -> Any:
         """The group key of ``event`` (``None`` when a grouping field is missing)."""
+        if self.one is not None:
+            value = event.get(self.one)
+            if value is not None and self.one_is_address and (self.v4 != 32 or ":" in value):
+                value = _network_key(value, self.v4, self.v6)
+            return value
         parts = []
         for name in self.by:
             value = event.get(name)
@@ -155,18 +172,25 @@ class Engine:
         # Rules with the same match share one predicate, evaluated once per event (they sit
         # next to each other in evaluation order).
         predicates: dict[str, Predicate] = {}
+        # One value-id table per field of the distinct rules, shared with the engine's entry tags.
+        self._value_ids: dict[str, ValueIds] = {}
         self.rules = []
         for rule in sorted(rules, key=_match_key):
             key = _match_key(rule)
             if key not in predicates:
                 predicates[key] = compile_match(rule.match)
-            self.rules.append(CompiledRule(rule, self.options, predicates[key]))
+            ids = None
+            if rule.condition.type == "distinct":
+                ids = self._value_ids.setdefault(rule.condition.field or "", ValueIds())
+            self.rules.append(CompiledRule(rule, self.options, predicates[key], ids))
         self.allowlist = Allowlist(self.options.allowlist, self.options.own_addresses)
         self.stats = EngineStats()
         self.watermark = 0.0  # the latest event time seen
         self._next_expiry = 0.0
-        self._twins: dict[tuple[Any, ...], list[float]] = {}
-        self._index: dict[tuple[Any, Any], list[CompiledRule]] = {}
+        # FIFO of recent connections: OrderedDict drops its oldest in O(1), where a plain dict's
+        # next(iter()) rescans the deleted slots at its front (~1 µs a call at 4096 entries).
+        self._twins: OrderedDict[tuple[Any, ...], list[float]] = OrderedDict()
+        self._index: dict[tuple[Any, Any], _Candidates] = {}
         self._since_sweep = 0  # late events since the last sweep
         # Expired keys are swept every half longest window (between a minute and an hour of event
         # time): a stale key lingers at most that long, and a sweep, which visits every key, stays rare.
@@ -177,7 +201,7 @@ class Engine:
     def wants(self, event: Event) -> bool:
         """True if any rule's match accepts ``event`` (a cheap prefilter for parallel replay)."""
         last: Predicate | None = None
-        for cr in self._candidates(event.get("event.outcome"), event.get("event.dataset")):
+        for cr in self._candidates(event.get("event.outcome"), event.get("event.dataset"))[0]:
             if cr.matches is not last:
                 last = cr.matches
                 if last(event):
@@ -206,7 +230,7 @@ class Engine:
         counts = twins.get(key)
         if counts is None or t - counts[2] > _CONNECTION_LIFETIME:  # none yet, or the pid was reused
             if len(twins) >= 4096:  # connections are short: a short memory suffices
-                del twins[next(iter(twins))]
+                twins.popitem(last=False)
             twins[key] = [0, n, t] if pam else [n, 0, t]
             return n
         before = max(counts[0], counts[1])
@@ -218,12 +242,13 @@ class Engine:
         return added
 
     # -- the hot path ---------------------------------------------------------------------
-    def _candidates(self, outcome: Any, dataset: Any) -> list[CompiledRule]:
-        """Rules whose equality conditions on event.outcome and event.dataset admit these values."""
+    def _candidates(self, outcome: Any, dataset: Any) -> _Candidates:
+        """Rules whose equality conditions on event.outcome and event.dataset admit these values,
+        and the (field, value ids) of their distinct rules, with which the event's entry is tagged."""
         key = (outcome, dataset)
-        rules = self._index.get(key)
-        if rules is None:
-            rules = []
+        found = self._index.get(key)
+        if found is None:
+            rules: list[CompiledRule] = []
             for cr in self.rules:
                 match = cr.rule.match
                 admits = True
@@ -233,39 +258,56 @@ class Engine:
                         admits = False
                 if admits:
                     rules.append(cr)
+            fields = dict.fromkeys(
+                cr.rule.condition.field or "" for cr in rules if isinstance(cr.state, DistinctWindows)
+            )
+            found = (rules, tuple((f, self._value_ids[f]) for f in fields))
             if len(self._index) < 4096:  # both fields come from parsers: a handful of values
-                self._index[key] = rules
-        return rules
+                self._index[key] = found
+        return found
 
-    def process(self, event: Event) -> list[Event]:
-        """Feed one event; return the findings it completes (usually none)."""
+    def process(self, event: Event, t: float | None = None, eid: int | None = None) -> list[Event]:
+        """Feed one event; return the findings it completes (usually none).
+
+        ``t`` and ``eid``, when given, are the event's time and int id, computed ahead (by a
+        parallel replay's workers): ``event_time(event["@timestamp"])`` and ``_id_int(event_id(event))``.
+        """
         self.stats.events += 1
         findings: list[Event] = []
-        t: float | None = None
+        get = event.get
+        rules, tags = self._candidates(get("event.outcome"), get("event.dataset"))
+        entry = -1  # one packed (time, id) for every rule, built at the first match
+        now = 0.0  # the event's time, from then on
         n = -1
-        eid = 0
         last: Predicate | None = None
         ok = False
-        for cr in self._candidates(event.get("event.outcome"), event.get("event.dataset")):
+        for cr in rules:
             if cr.matches is not last:
                 last = cr.matches
                 ok = last(event)
             if not ok:
                 continue
-            if t is None:
-                t = event_time(event["@timestamp"])
-                if t > self.watermark:
-                    self.watermark = t
-                    if t >= self._next_expiry:
+            if entry < 0:
+                now = event_time(event["@timestamp"]) if t is None else t
+                if now > self.watermark:
+                    self.watermark = now
+                    if now >= self._next_expiry:
                         self._expire()
-                elif t < self.watermark - self.options.late_tolerance:
+                elif now < self.watermark - self.options.late_tolerance:
                     self.stats.late += 1
                     # Event time has stalled behind the watermark (a clock set back, an old file
                     # replayed live): sweep on processed-event count too, so state stays bounded.
                     self._since_sweep += 1
                     if self._since_sweep >= _LATE_SWEEP_EVERY:
                         self._expire()
-                eid = _id_int(event_id(event))
+                entry = pack(now, _id_int(event_id(event)) if eid is None else eid)
+                # Tag the entry with a distinct rule's value, so that the windows of one key can
+                # share this int (see sentinel.engine.windows).
+                for name, ids in tags:
+                    value = get(name)
+                    if value is not None and (tag := ids.tag(value)):
+                        entry |= tag
+                        break
             key = cr.key(event)
             if key is None:
                 continue
@@ -274,33 +316,33 @@ class Engine:
             if isinstance(state, CountWindows):
                 if cr.rule.attempts:
                     if n < 0:
-                        n = self._attempts(event, t)
+                        n = self._attempts(event, now)
                     if n == 0:
                         continue
-                    fired = state.add(key, pack(t, eid), n)
+                    fired = state.add(key, entry, n)
                 else:
-                    fired = state.add(key, pack(t, eid), 1)
+                    fired = state.add(key, entry, 1)
                 if fired is not None:
                     self._add(findings, self._finding(cr, key, event, fired, n if n > 0 else 1))
             elif isinstance(state, DistinctWindows):
-                value = event.get(cr.rule.condition.field or "")
+                value = get(cr.rule.condition.field or "")
                 if value is None:
                     continue
-                fired = state.add(key, value, pack(t, eid))
+                fired = state.add(key, value, entry)
                 if fired is not None:
                     self._add(findings, self._finding(cr, key, event, fired, len(fired)))
             elif isinstance(state, NewValues):
-                value = event.get(cr.rule.condition.field or "")
+                value = get(cr.rule.condition.field or "")
                 if value is None:
                     continue
-                is_new, known = state.add(str(key), str(value), t)
+                is_new, known = state.add(str(key), str(value), now)
                 if is_new:
-                    finding = self._finding(cr, key, event, [pack(t, eid)], 1)
+                    finding = self._finding(cr, key, event, [untag(entry)], 1)
                     if finding is not None:
                         finding["sentinel.previous_values"] = known
                         findings.append(finding)
             else:
-                self._add(findings, self._finding(cr, key, event, [pack(t, eid)], 1))
+                self._add(findings, self._finding(cr, key, event, [untag(entry)], 1))
         return findings
 
     def _rules(self) -> list[Rule]:

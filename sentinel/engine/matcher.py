@@ -92,6 +92,8 @@ def compile_match(match: dict[str, FieldCondition]) -> Predicate:
     terms = []
     for i, (name, cond) in enumerate(order):
         simple = cond.model_dump(exclude_none=True)
+        if not cond.optional:  # always dumped (a bool, never None); only its True needs the closure
+            del simple["optional"]
         if set(simple) == {"equals"}:
             namespace[f"c{i}"] = frozenset(cond.equals or ())
             if name in LIST_FIELDS:
@@ -101,9 +103,13 @@ def compile_match(match: dict[str, FieldCondition]) -> Predicate:
         elif set(simple) == {"exists"}:
             terms.append(f"e.get({name!r}) is {'not ' if cond.exists else ''}None")
         elif set(simple) in ({"prefix"}, {"not_prefix"}) and name not in LIST_FIELDS:
+            # As compile_field: an absent field fails both; a value that is not a string has no prefix.
             namespace[f"c{i}"] = tuple(cond.prefix or cond.not_prefix or ())
-            test = f"(v{i} := e.get({name!r})).__class__ is str and v{i}.startswith(c{i})"
-            terms.append(f"({test})" if cond.prefix else f"not ({test})")
+            value = f"(v{i} := e.get({name!r}))"
+            if cond.prefix:
+                terms.append(f"(isinstance({value}, str) and v{i}.startswith(c{i}))")
+            else:
+                terms.append(f"({value} is not None and not (isinstance(v{i}, str) and v{i}.startswith(c{i})))")
         else:
             namespace[f"p{i}"] = compile_field(name, cond)
             terms.append(f"p{i}(e)")

@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STATE ?= .state
 
-.PHONY: run test deps venv oidc lint typecheck pytest bench bench-store soak clean
+.PHONY: run test deps venv oidc elasticsearch lint typecheck pytest bench bench-store bench-es soak clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ venv: $(PY)
 
 deps:
 	bash .ci/install-deps.sh
+
+# The real Elasticsearch 8.12.2 the storage tests start (npm tarball, sha512-pinned; /opt/sentinel-tests).
+elasticsearch: deps
+	bash .ci/install-elasticsearch.sh
 
 run: deps venv
 	mkdir -p $(STATE)
@@ -37,7 +41,7 @@ typecheck:
 	for d in collectors responders rules; do ln -s ../../../$$d build/typecheck/sentinel/$$d; done
 	ln -s ../../tests ../../bench build/typecheck/
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml \
-	  -p sentinel -p tests -m bench.run -m bench.bans -m bench.soak -m bench.store
+	  -p sentinel -p tests -m bench.run -m bench.bans -m bench.soak -m bench.store -m bench.es
 
 pytest:
 	$(VENV)/bin/pytest -q
@@ -47,7 +51,7 @@ pytest:
 oidc: venv
 	$(PY) -m tests.oidc.provider
 
-test: deps venv oidc lint typecheck pytest
+test: deps venv oidc elasticsearch lint typecheck pytest
 
 bench: deps venv
 	$(PY) bench/run.py
@@ -56,6 +60,10 @@ bench: deps venv
 # The embedded store: ingest, a two-year 10M-event query, `audit verify` (writes ~8 GB under bench/out).
 bench-store: deps venv
 	$(PY) bench/store.py
+
+# Shipping to a real Elasticsearch beside a bare helpers.bulk loop (needs `make elasticsearch`).
+bench-es: deps venv elasticsearch
+	$(PY) -m bench.es
 
 # 30 minutes at 20k lines/s through `sentinel run`; RSS and CPU in bench/out/soak.json.
 soak: deps venv

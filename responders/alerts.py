@@ -13,7 +13,9 @@ alerts (a revocation that finally failed).  On its dispatcher thread:
   ``response_wait`` for its outcome, so the message says what was actually done;
 - **rate limit and digest**: at most ``rate_limit`` alerts per ``rate_window``; beyond that
   they are held and sent as one digest when the window ends;
-- **severity routing**: each channel takes alerts at or above its ``min_severity``.
+- **severity routing**: each channel takes alerts at or above its ``min_severity``;
+- **bounded inbox**: at most ``queue_size`` alerts wait for the dispatcher; beyond that the
+  ``overflow`` policy drops the oldest (default) or the newest, each drop a ``dropped`` event.
 
 Each channel delivers on its own thread with retries and backoff, and every delivery becomes
 a response event (``sent`` / ``failed`` per channel).  Text from log lines (user names) is
@@ -46,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sentinel.engine.durations import Duration
 from sentinel.event import Event
+from sentinel.queues import QueueStats
 from sentinel.responders.base import Emit, Responder
 from sentinel.responders.dry_run import response_event
 from sentinel.responders.http import HTTPClient, HTTPFailure
@@ -116,6 +119,11 @@ class AlertSettings(_Strict):
     response_wait: Duration = 10.0
     #: Delivery attempts per channel (with backoff) before a delivery is reported failed.
     attempts: int = Field(default=3, ge=1, le=20)
+    #: Alerts waiting for the dispatcher, at most.
+    queue_size: int = Field(default=1000, ge=10)
+    #: When they are that many: "drop_oldest" (the newest alert is the most telling), "drop_newest",
+    #: each dropped alert recorded as a "dropped" event; or "block" (the detection stage waits).
+    overflow: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
 
 
 # -- the alert itself ----------------------------------------------------------------------------
@@ -499,6 +507,9 @@ class AlertResponder(Responder):
         self._emit: Emit = lambda events: None
         self._senders = [_Sender(c, self) for c in self.channels]
         self._thread: threading.Thread | None = None
+        self.queue_stats = QueueStats(
+            "alerts", settings.queue_size, settings.overflow, lambda: len(self._inbox), unit="alerts"
+        )
 
     # -- what other responders use --
     def await_outcomes(self, action_type: str) -> None:
@@ -539,9 +550,7 @@ class AlertResponder(Responder):
         alert = Alert(
             f"[Sentinel {severity.upper()}] {clean(title, 200)}", severity, lines, doc, rule_id, key, base or None
         )
-        with self._cond:
-            self._inbox.append(_Pending((rule_id, key), self.clock(), alert=alert))
-            self._cond.notify_all()
+        self._enqueue(_Pending((rule_id, key), self.clock(), alert=alert))
 
     # -- the Responder interface --
     def start(self, emit: Emit) -> None:
@@ -555,9 +564,36 @@ class AlertResponder(Responder):
         wait = any(a.get("type") in self._awaited for a in finding.get("sentinel.actions", ()))
         ready = self.clock() + (self.settings.response_wait if wait else 0.0)
         pending = _Pending((str(finding.get("rule.id")), dedup_key(finding)), ready, finding, dict(action))
+        self._enqueue(pending)
+
+    def _enqueue(self, pending: _Pending) -> None:
+        """Into the bounded inbox, as ``overflow`` says when it is full."""
+        dropped: _Pending | None = None
+        incoming: _Pending | None = pending
+        policy = self.settings.overflow
         with self._cond:
-            self._inbox.append(pending)
+            if len(self._inbox) >= self.settings.queue_size and not self._stopping:
+                if policy == "block":
+                    started = time.monotonic()
+                    counted = False
+                    while len(self._inbox) >= self.settings.queue_size and not self._stopping:
+                        self._cond.wait(1.0)
+                        if not counted and time.monotonic() - started >= 1.0:
+                            self.queue_stats.waited(since=started)
+                            counted = True
+                elif policy == "drop_oldest":
+                    dropped = self._inbox.popleft()
+                else:
+                    dropped, incoming = pending, None
+            if incoming is not None:
+                self._inbox.append(incoming)
+            if dropped is not None:
+                self.queue_stats.dropped(dropped.key[0])
             self._cond.notify_all()
+        if dropped is not None:
+            alert = dropped.compose([], "revoke_tokens" in self._awaited)
+            log.debug("alert dropped (queue full): %s", alert.title)
+            self.emit_alert(alert, "dropped", reason=f"alert queue full ({self.settings.queue_size}, {policy})")
 
     def stop(self, timeout: float) -> None:
         """Send what is waiting (digest included) within ``timeout``; later retries are abandoned."""
@@ -577,10 +613,14 @@ class AlertResponder(Responder):
             if sender.thread.is_alive():
                 sender.thread.join(0.5)
 
+    def queues(self) -> list[QueueStats]:
+        return [self.queue_stats]
+
     # -- events --
     def emit_alert(self, alert: Alert, status: str, channel: str | None = None, reason: str | None = None) -> None:
-        """A response event for ``alert`` (``sent``/``failed`` per channel, ``deduplicated``, ``digested``…)."""
-        outcome = {"sent": "success", "failed": "failure"}.get(status, "unknown")
+        """A response event for ``alert`` (``sent``/``failed`` per channel, ``deduplicated``, ``digested``,
+        ``dropped`` by a full inbox…)."""
+        outcome = {"sent": "success", "failed": "failure", "dropped": "failure"}.get(status, "unknown")
         if alert.finding is not None and "@timestamp" in alert.finding:
             event = response_event(alert.finding, alert.action, outcome, dry_run=False)
         else:
@@ -624,6 +664,13 @@ class AlertResponder(Responder):
                 items = list(self._inbox)
                 self._inbox.clear()
                 stopping = self._stopping
+                self._cond.notify_all()  # room again for submitters waiting with overflow = "block"
+            overflow = self.queue_stats.settle(0, 0)
+            if overflow is not None:
+                try:
+                    self._emit([overflow])
+                except Exception as exc:  # at shutdown the daemon's queue may be closed already
+                    log.warning("queue-overflow event not stored (%s)", type(exc).__name__)
             try:
                 self._dispatch(items, stopping)
             except Exception:

@@ -7,15 +7,24 @@ responder's own thread(s), with retries and backoff.  Every outcome (done, refus
 retrying) is reported as response events through the ``emit`` callback given to
 :meth:`Responder.start`; the daemon stores them like any other event.  A responder never drops
 a request silently: what it cannot do is reported, retried, and on final failure alerted.
+
+Between the writer and a responder's thread sits a bounded queue with an overflow policy
+(:mod:`sentinel.queues`); :meth:`Responder.queues` exposes it for metrics and status.  Periodic
+work (the firewall's reconciliation, the wallet check) is offered as :meth:`Responder.jobs` and
+run by the daemon's scheduler.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sentinel.event import Event
+
+if TYPE_CHECKING:
+    from sentinel.queues import QueueStats
+    from sentinel.scheduler import JobSpec
 
 Emit = Callable[[list[Event]], None]
 
@@ -34,3 +43,11 @@ class Responder(ABC):
 
     def stop(self, timeout: float) -> None:  # noqa: B027 - optional hook
         """Finish or persist queued work within ``timeout`` seconds."""
+
+    def jobs(self) -> list[JobSpec]:
+        """Periodic jobs for the daemon's scheduler (registered when the daemon starts)."""
+        return []
+
+    def queues(self) -> list[QueueStats]:
+        """The responder's bounded queues (for metrics and ``sentinel status``)."""
+        return []

@@ -11,7 +11,20 @@ Every outcome is a response event (``event.action = "revoke_tokens"``, ``sentine
 permanent error, or retries exhausted), which also raises an alert and an error log (Sentry).
 Pending jobs are kept in ``<state_dir>/oauth-pending.json`` — account names, finding
 fields and wallet entry ids only, nothing secret — so a restart resumes them: a revocation is
-never silently dropped.
+never silently dropped.  At most ``[oauth] queue_size`` accounts wait; beyond that
+``overflow = "drop_newest"`` fails the new revocation at once (a ``failed`` event, an error
+log and a critical alert), ``"block"`` makes the detection stage wait.
+
+**The credentials check** (a job of the daemon's scheduler, ``[oauth] check_interval``, hourly by
+default) makes sure a revocation *could* happen before one is needed: the wallet file still
+authenticates with the keys in memory and every record decrypts (deleted, tampered with, or
+re-keyed under the running daemon: the usual "restart needed" surprise), each configured
+provider has its client credentials in the wallet, every provider the wallet's entries name is
+configured, OpenID discovery documents are fetched afresh (an issuer that moved or went away),
+and Entra ID applications can still get a Graph token (an expired client secret).  A failing
+check is an error in the log (and Sentry), ``sentinel_wallet_check_ok 0`` with
+``sentinel_wallet_check_failures_total``, a ``credentials-check`` event (``event.outcome:
+failure``) and a high-severity alert; its recovery is an event too.
 """
 
 from __future__ import annotations
@@ -21,28 +34,35 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from hashlib import blake2b
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from sentinel.collectors.parsers.timestamps import epoch_to_utc
 from sentinel.engine.durations import Duration
 from sentinel.event import Event
+from sentinel.queues import HEALTH_DATASET, QueueStats
 from sentinel.responders.base import Emit, Responder
 from sentinel.responders.dry_run import response_event
 from sentinel.responders.oauth_vendors import Adapter, OAuthProviderSettings, RevocationError, build_adapter
 from sentinel.wallet import Entry, Wallet, WalletError, redact
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from sentinel.responders.alerts import AlertResponder
+    from sentinel.scheduler import JobSpec
 
 log = logging.getLogger(__name__)
 
 ACTION: Final = "revoke_tokens"
+#: ``event.action`` of the credentials check's events.
+CHECK_ACTION: Final = "credentials-check"
 #: Finding fields a pending job keeps (enough for its events and alerts; nothing secret).
 _KEPT_FIELDS: Final = (
     "@timestamp",
@@ -83,6 +103,13 @@ class OAuthSettings(BaseModel):
     retry_max: Duration = 600.0
     #: Attempts before a revocation is declared failed (and alerted).
     max_attempts: int = Field(default=10, ge=1, le=1000)
+    #: How often the wallet and the providers' credentials are checked (see above); 0: never.
+    check_interval: Annotated[Duration, Field(ge=0, le=7 * 86400)] = 3600.0
+    #: Accounts waiting for revocation, at most.
+    queue_size: int = Field(default=10000, ge=10)
+    #: When they are that many: "drop_newest" fails new revocations at once (event, error, critical
+    #: alert); "block" makes the detection stage wait (and so the sources).
+    overflow: Literal["block", "drop_newest"] = "drop_newest"
 
 
 @dataclass(slots=True)
@@ -147,6 +174,12 @@ class OAuthRevocationResponder(Responder):
         self._deadline = float("inf")
         self._thread: threading.Thread | None = None
         self._emit_to: Emit = lambda events: None
+        self.queue_stats = QueueStats(
+            "oauth", settings.queue_size, settings.overflow, lambda: len(self._jobs), unit="revocations"
+        )
+        #: The credentials check: its last problems (empty: fine, None: not run yet) and failures.
+        self.check_problems: list[str] | None = None
+        self.check_failures = 0
         if alerts is not None:
             alerts.await_outcomes(ACTION)
         self._load()
@@ -163,11 +196,41 @@ class OAuthRevocationResponder(Responder):
         user = str(action.get("user") or finding.get("user.name") or "")
         kept: dict[str, Any] = {k: finding[k] for k in _KEPT_FIELDS if k in finding}
         job = Job(id=job_id(finding, user), user=user, finding=kept, action=dict(action), next_at=0.0)
+        refused = first = False
         with self._cond:
             if job.id not in self._jobs:
-                self._jobs[job.id] = job
-                self._dirty = True
+                full = len(self._jobs) >= self.settings.queue_size
+                if full and not self._stopping and self.settings.overflow == "block":
+                    started = time.monotonic()
+                    counted = False
+                    while len(self._jobs) >= self.settings.queue_size and not self._stopping:
+                        self._cond.wait(1.0)
+                        if not counted and time.monotonic() - started >= 1.0:
+                            self.queue_stats.waited(since=started)
+                            counted = True
+                elif full and not self._stopping:
+                    refused = True
+                    first = not self.queue_stats.overflowing
+                    self.queue_stats.dropped(str(finding.get("rule.id") or "unknown"))
+                if not refused:
+                    self._jobs[job.id] = job
+                    self._dirty = True
             self._cond.notify_all()
+        if refused:
+            reason = f"revocation queue full ({self.settings.queue_size} accounts waiting)"
+            if first:
+                log.error("%s: new token revocations fail until it drains", reason)
+            self._emit([self._event(job, "failed", reason=reason)])
+            if self.alerts is not None:
+                self.alerts.raise_alert(
+                    title=f"Token revocation not attempted for {user}",
+                    text=f"Sentinel did not try to revoke the OAuth tokens of {user}: {reason}. "
+                    "Revoke them at the provider by hand.",
+                    severity="critical",
+                    key=f"revocation-failed:{user}",
+                    finding=kept,
+                    rule_id="sentinel-revocation-failed",
+                )
 
     def stop(self, timeout: float) -> None:
         """Finish due attempts within ``timeout``, then persist what is left."""
@@ -181,6 +244,106 @@ class OAuthRevocationResponder(Responder):
                 log.warning("token revocation still running at shutdown; pending jobs are kept for the next start")
         with self._cond:
             self._save()
+
+    def jobs(self) -> list[JobSpec]:
+        """The periodic credentials check (``[oauth] check_interval``)."""
+        from sentinel.scheduler import JobSpec
+
+        interval = self.settings.check_interval
+        if interval <= 0:
+            return []
+        return [
+            JobSpec(
+                "wallet-check",
+                self.check_credentials,
+                interval,
+                first_delay=min(60.0, interval),
+                description="the wallet opens, providers' credentials and discovery documents work",
+            )
+        ]
+
+    def queues(self) -> list[QueueStats]:
+        return [self.queue_stats]
+
+    def check_credentials(self) -> None:
+        """The credentials check (see the module docstring); raises RuntimeError listing the problems."""
+        problems = self._credential_problems()
+        was = self.check_problems
+        self.check_problems = problems
+        if problems:
+            self.check_failures += 1
+        summary = "; ".join(problems)
+        if problems and was != problems:
+            self._emit([self._check_event(problems)])
+            if self.alerts is not None:
+                self.alerts.raise_alert(
+                    title="Token revocation would fail: wallet or provider credentials",
+                    text=f"Sentinel's credentials check failed: {summary}. Revocations will fail until this is fixed.",
+                    severity="high",
+                    key="credentials-check",
+                    rule_id="sentinel-credentials-check",
+                )
+        elif not problems and was:
+            log.info("credentials check passes again (wallet %s)", self.wallet.path)
+            self._emit([self._check_event([])])
+        if problems:
+            raise RuntimeError(f"credentials check: {summary}")
+
+    def _credential_problems(self) -> list[str]:
+        problems: list[str] = []
+        try:
+            if self.wallet.reload_if_changed():
+                log.info("wallet %s re-read (changed on disk)", self.wallet.path)
+            self.wallet.check()
+        except WalletError as exc:
+            return [str(exc)]
+        used: set[str] = set()
+        for account in self.wallet.accounts():
+            record = self.wallet.account(account)
+            used.update(e.provider for e in (record.entries if record is not None else ()))
+        unknown = sorted(used - set(self.adapters))
+        if unknown:
+            problems.append(f"the wallet names providers that are not configured: {', '.join(unknown)}")
+        for name, adapter in sorted(self.adapters.items()):
+            try:
+                adapter.check(self.wallet.provider(name))
+            except (RevocationError, WalletError) as exc:
+                problems.append(str(exc))
+        return [redact(p) for p in problems]
+
+    def _check_event(self, problems: list[str]) -> Event:
+        now = self.clock()
+        failed = bool(problems)
+        message = (
+            f"credentials check failed: {'; '.join(problems)}"
+            if failed
+            else f"credentials check passes again: wallet {self.wallet.path.name} and {len(self.adapters)} providers"
+        )
+        return {
+            "@timestamp": epoch_to_utc(now),
+            "event.kind": "event",
+            "event.category": ["configuration"],
+            "event.type": ["error"] if failed else ["info"],
+            "event.action": CHECK_ACTION,
+            "event.outcome": "failure" if failed else "success",
+            "event.dataset": HEALTH_DATASET,
+            "message": redact(message),
+            "sentinel.credentials.problems": problems,
+            "sentinel.credentials.providers": sorted(self.adapters),
+            "event.id": blake2b(orjson.dumps([CHECK_ACTION, now, problems]), digest_size=8).hexdigest(),
+        }
+
+    def metrics(self) -> Iterator[Metric]:
+        """Prometheus families of the credentials check (for ``MetricsSources.extra``)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        if self.check_problems is not None:
+            yield GaugeMetricFamily(
+                "sentinel_wallet_check_ok", "1 if the last credentials check passed", value=not self.check_problems
+            )
+        yield CounterMetricFamily(
+            "sentinel_wallet_check_failures", "Credentials checks that failed", value=self.check_failures
+        )
 
     def pending(self) -> list[Job]:
         """The jobs not finished yet (for status and tests)."""
@@ -339,6 +502,10 @@ class OAuthRevocationResponder(Responder):
             self.alerts.note(str(job.finding.get("event.id")), summary)
         with self._cond:
             self._jobs.pop(job.id, None)
+            self._cond.notify_all()  # room for submitters waiting with overflow = "block"
+        overflow = self.queue_stats.settle(len(self._jobs), 0)
+        if overflow is not None:
+            self._emit([overflow])
 
     def _alert_failure(self, job: Job, failures: list[str]) -> None:
         text = "; ".join(failures)

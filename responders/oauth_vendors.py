@@ -127,6 +127,14 @@ class Adapter(ABC):
     def revoke(self, entry: Entry, credentials: ProviderCredentials | None) -> Outcome:
         """Revoke ``entry``; raise :class:`RevocationError` if that did not happen."""
 
+    def check(self, credentials: ProviderCredentials | None) -> None:  # noqa: B027 - optional hook
+        """Make sure a revocation could be attempted now, without revoking anything.
+
+        The daemon's periodic wallet check calls it; raises :class:`RevocationError` naming what
+        would make a revocation fail (missing credentials, an unreachable discovery document, a
+        client secret the provider refuses).  The default checks nothing.
+        """
+
     def _call(self, method: str, url: str, **kwargs: Any) -> Response:
         try:
             if method == "form":
@@ -154,9 +162,11 @@ class RFC7009Adapter(Adapter):
         self._fetched = 0.0
         self._lock = threading.Lock()
 
-    def _discover(self) -> dict[str, Any]:
+    def _discover(self, refresh: bool = False) -> dict[str, Any]:
+        """The OpenID metadata, cached for DISCOVERY_TTL (``refresh``: fetched now; a failure keeps the old)."""
         with self._lock:
-            if self._metadata is not None and time.monotonic() - self._fetched < DISCOVERY_TTL:
+            fresh = time.monotonic() - self._fetched < DISCOVERY_TTL
+            if self._metadata is not None and fresh and not refresh:
                 return self._metadata
             assert self.settings.issuer is not None
             url = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
@@ -167,6 +177,17 @@ class RFC7009Adapter(Adapter):
                 raise RevocationError(str(err), transient=True, retry_after=err.retry_after)
             self._metadata, self._fetched = doc, time.monotonic()
             return doc
+
+    def check(self, credentials: ProviderCredentials | None) -> None:
+        """Client credentials present; discovery document fetched afresh when an endpoint comes from it."""
+        self._auth({}, credentials)
+        introspect = self.settings.introspect and not self.settings.introspection_endpoint
+        if self.settings.issuer and (not self.settings.revocation_endpoint or introspect):
+            doc = self._discover(refresh=True)
+            if not self.settings.revocation_endpoint and not isinstance(doc.get("revocation_endpoint"), str):
+                raise RevocationError(
+                    f"{self.name}: the provider's metadata has no revocation_endpoint", transient=False
+                )
 
     def _endpoint(self, configured: str | None, key: str) -> str | None:
         if configured:
@@ -281,6 +302,10 @@ class EntraAdapter(Adapter):
             lifetime = float(doc.get("expires_in", 3599) or 3599)
             self._app_token, self._expires = token, time.monotonic() + max(0.0, lifetime - 60)
             return token
+
+    def check(self, credentials: ProviderCredentials | None) -> None:
+        """The application can get a Graph token (a new one once the cached one expires)."""
+        self._get_app_token(credentials)
 
     def _forget_app_token(self) -> None:
         with self._lock:

@@ -164,11 +164,24 @@ def audit_command(args: argparse.Namespace, settings: Settings) -> int:
         "retention": _retention,
         "backup": _backup,
     }
+    embedded_only = {"verify": "its ILM policy", "retention": "its ILM policy", "backup": "snapshots"}
+    if settings.store.backend != "sqlite" and args.store is None and args.audit_command in embedded_only:
+        print(
+            f"sentinel audit {args.audit_command}: works on the embedded store; with [store] backend = "
+            f"{settings.store.backend!r} use {embedded_only[args.audit_command]} (or pass --store FILE)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         return handlers[args.audit_command](args, settings, live)
     except (StoreError, ValueError, OSError) as exc:
         print(f"sentinel audit {args.audit_command}: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # the Elasticsearch client's errors: unreachable, refused, unauthorised
+        if not type(exc).__module__.startswith(("elasticsearch", "elastic_transport")):
+            raise
+        print(f"sentinel audit {args.audit_command}: Elasticsearch: {exc!r}", file=sys.stderr)
+        return 1
 
 
 def _need(live: Path) -> None:

@@ -93,13 +93,51 @@ class CollectorSettings(_Strict):
     max_line_bytes: int = Field(default=65536, ge=256, le=16 * 1024 * 1024)
     checkpoint_interval: float = Field(default=1.0, gt=0, le=300)
     queue_size: int = Field(default=10000, ge=10)
+    #: A full queue (a stuck store or stage): "block" makes sources wait (lossless: they read on
+    #: from where they stand); "drop_newest" drops their batches (counted, reported) and they read on.
+    overflow: Literal["block", "drop_newest"] = "block"
+    #: How long a source waits for room before the queue counts as overflowing (event, metric).
+    overflow_wait: Annotated[Duration, Field(gt=0, le=3600)] = 5.0
+    #: Seconds between two self-checks that every source still advances.
+    self_check_interval: Annotated[Duration, Field(ge=1, le=86400)] = 60.0
+    #: A source is stalled after this many self-checks without progress while its input waited.
+    stall_checks: int = Field(default=3, ge=1, le=1000)
+
+
+class ElasticsearchSettings(_Strict):
+    """Shipping to Elasticsearch (``[store] backend = "elasticsearch"``): see sentinel.store.shipper."""
+
+    hosts: list[str] = ["https://127.0.0.1:9200"]
+    #: CA bundle that signed the server's certificate (default: the system's CAs).  Always verified.
+    ca_certs: Path | None = None
+    auth: Literal["api_key", "basic", "none"] = "api_key"
+    #: For ``basic``; the password, like an API key, never comes from this file.
+    username: str | None = None
+    #: Where the password or API key comes from: a systemd credential or the wallet.
+    secret_from: Literal["credential", "wallet"] = "credential"  # noqa: S105  (where from, not a secret)
+    #: The credential name ($CREDENTIALS_DIRECTORY/<name>) or the wallet provider entry's name.
+    secret_name: str = "elasticsearch"  # noqa: S105  (a name, not a secret)
+    data_stream: str = Field(default="logs-sentinel-default", pattern=r"^[a-z0-9][a-z0-9._-]*-[a-z0-9._]+$")
+    ilm_policy: str = "sentinel"
+    rollover_max_age: str = Field(default="30d", pattern=r"^\d+[dhm]$")
+    rollover_max_primary_shard_size: str = Field(default="50gb", pattern=r"^\d+(b|kb|mb|gb|tb)$")
+    spool_dir: Path | None = None
+    spool_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    overflow: Literal["block", "drop_oldest"] = "block"
+    bulk_max_docs: int = Field(default=2000, ge=1, le=100_000)
+    bulk_max_bytes: int = Field(default=8 << 20, ge=64 << 10)
+    request_timeout: float = Field(default=30.0, gt=0)
+
+    def spool_path(self, state_dir: Path) -> Path:
+        return self.spool_dir if self.spool_dir is not None else state_dir / "spool"
 
 
 class StoreSettings(_Strict):
-    backend: Literal["sqlite"] = "sqlite"
+    backend: Literal["sqlite", "elasticsearch"] = "sqlite"
     path: Path | None = None
     #: Sealed monthly partitions are dropped this long after their month ended (by arrival).
     retention_days: float = Field(default=730, gt=0)
+    elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
 
     def sqlite_path(self, state_dir: Path) -> Path:
         return self.path if self.path is not None else state_dir / "events.db"

@@ -4,15 +4,22 @@ Threads, one direction of flow::
 
     source thread ─┐
     source thread ─┼─▶ BatchQueue (bounded, in events) ─▶ writer thread: stages, store.commit
-    source thread ─┘
+    scheduler jobs ┘        ▲ internal lane                      │ findings' actions
+                            └── responders' outcome events ◀── responder queues (bounded)
 
 Each source runs under a supervisor that restarts it with exponential backoff when it fails
 (a permission problem, a missing journal), so one broken source never stops the others.
-A full queue blocks the sources (back-pressure: they read on when there is room; nothing is
-dropped).  A batch's events and its source's checkpoint are committed in one transaction, so a
-crash at any point resumes exactly where the store stands.  :data:`Stage` functions run on the
-writer thread between parsing and the store: the detection stage (:mod:`sentinel.pipeline`)
-adds findings and responses there.
+A full queue follows ``[collectors] overflow``: ``block`` (back-pressure: sources read on when
+there is room; nothing is lost) or ``drop_newest`` (batches dropped and counted); either way a
+long overflow is logged, counted and recorded as an event (:mod:`sentinel.queues`).  A batch's
+events and its source's checkpoint are committed in one transaction, so a crash at any point
+resumes exactly where the store stands.  :data:`Stage` functions run on the writer thread
+between parsing and the store: the detection stage (:mod:`sentinel.pipeline`) adds findings
+and responses there.
+
+The periodic work — the port audit, store maintenance, firewall reconciliation, the wallet
+check and the self-check that sources still advance — runs on one scheduler
+(:mod:`sentinel.scheduler`) the daemon owns: started with it, shut down first when it stops.
 """
 
 from __future__ import annotations
@@ -25,10 +32,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Final
+from typing import Final, Literal
 
 from sentinel import __version__
-from sentinel.collectors.sources.base import Batch, Source
+from sentinel.collectors.sources.base import Batch, PolledSource, Source
 from sentinel.config import (
     ConfigError,
     FileSourceSettings,
@@ -43,10 +50,14 @@ from sentinel.enrich.geoip import GeoIPError
 from sentinel.event import Event
 from sentinel.logging import setup_logging
 from sentinel.pipeline import DetectionStage, build_responders
+from sentinel.queues import QueueStats, recover_episode
 from sentinel.responders.base import Responder
+from sentinel.scheduler import JobSpec, Scheduler
 from sentinel.sdnotify import Notifier
+from sentinel.selfcheck import SourceWatch
 from sentinel.status import RecentRecords, StatusProvider
 from sentinel.store import MaintenanceJob, SQLiteStore
+from sentinel.store.base import EventStore, StoreConfigError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +73,12 @@ RESPONDER_STOP_TIMEOUT: Final = 5.0
 #: The writer counts as stuck when it has not come round its loop for this long.
 WRITER_STALL: Final = 30.0
 MAX_BACKOFF: Final = 60.0
+#: How long stopping waits for scheduled jobs in progress.
+SCHEDULER_STOP_TIMEOUT: Final = 2.0
+#: The source name of Sentinel's own health events (queue overflows, stalled sources).
+HEALTH_SOURCE: Final = "sentinel.health"
+#: Where the collectors' queue keeps an unfinished overflow episode (in the state directory).
+OVERFLOW_JOURNAL: Final = "queue-overflow.json"
 
 
 class QueueClosed(Exception):
@@ -69,49 +86,136 @@ class QueueClosed(Exception):
 
 
 class BatchQueue:
-    """A FIFO of batches bounded by the number of events waiting in it.
+    """A FIFO of batches bounded by the number of events waiting in it, with an overflow policy.
 
-    ``put`` blocks while it is full (one batch larger than the bound still fits in an empty
-    queue); an event-less batch (a checkpoint only) counts as one.
+    Sources call :meth:`put`.  While the queue is full, ``block`` makes them wait (one batch
+    larger than the bound still fits in an empty queue; an event-less batch, a checkpoint only,
+    counts as one); ``drop_newest`` lets them wait ``overflow_wait`` seconds, then drops their
+    batch and, for the rest of the episode, drops at once.  Either way an episode longer than
+    ``overflow_wait`` is logged, counted (:attr:`stats`) and reported by an event queued once
+    there is room again (:mod:`sentinel.queues`).
+
+    What Sentinel writes about itself (responders' outcomes, health events) goes through
+    :meth:`put_internal`: a lane of its own, taken first and never blocking, so a responder or
+    a job is never held up by a full queue; it has the same bound, beyond which its batches are
+    dropped and counted too.
     """
 
-    def __init__(self, max_events: int) -> None:
+    def __init__(
+        self,
+        max_events: int,
+        *,
+        name: str = "collectors",
+        policy: Literal["block", "drop_newest"] = "block",
+        overflow_wait: float = 5.0,
+        hostname: str | None = None,
+        journal: Path | None = None,
+    ) -> None:
         self.max_events = max_events
+        self.policy = policy
+        self.overflow_wait = overflow_wait
         self._items: collections.deque[Batch] = collections.deque()
+        self._internal: collections.deque[Batch] = collections.deque()
         self._pending = 0
+        self._internal_pending = 0
+        self._waiting = 0
         self._closed = False
         self._cond = threading.Condition()
+        self.stats = QueueStats(name, max_events, policy, self.events, hostname=hostname, journal=journal)
 
-    def put(self, batch: Batch) -> None:
-        """Queue ``batch``, waiting for room; raise :class:`QueueClosed` once closed."""
+    def _fits(self, size: int) -> bool:
+        return not self._pending or self._pending + size <= self.max_events
+
+    def put(self, batch: Batch) -> bool:
+        """Queue ``batch`` as the policy says: True if queued, False if dropped.
+
+        Raises :class:`QueueClosed` once the queue is closed.
+        """
         size = max(1, len(batch.events))
         with self._cond:
-            while not self._closed and self._pending and self._pending + size > self.max_events:
-                self._cond.wait()
             if self._closed:
                 raise QueueClosed
+            if not self._fits(size):
+                if self.policy == "drop_newest" and self.stats.overflowing:
+                    self.stats.dropped(batch.source, len(batch.events))
+                    return False
+                if not self._wait_for_room(size, batch):
+                    return False
             self._items.append(batch)
             self._pending += size
             self._cond.notify_all()
+            return True
+
+    def _wait_for_room(self, size: int, batch: Batch) -> bool:
+        """Wait (lock held) until ``size`` fits; False if the batch was dropped instead."""
+        started = time.monotonic()
+        deadline = started + self.overflow_wait
+        late = False
+        self._waiting += 1
+        try:
+            while not self._closed and not self._fits(size):
+                if late:
+                    self._cond.wait()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                if self.policy == "drop_newest":
+                    self.stats.dropped(batch.source, len(batch.events))
+                    return False
+                self.stats.waited(since=started)
+                late = True
+        finally:
+            self._waiting -= 1
+        if self._closed:
+            raise QueueClosed
+        return True
+
+    def put_internal(self, batch: Batch) -> bool:
+        """Queue Sentinel's own events without ever blocking; False if dropped (the lane is full)."""
+        size = max(1, len(batch.events))
+        with self._cond:
+            if self._closed:
+                raise QueueClosed
+            if self._internal_pending and self._internal_pending + size > self.max_events:
+                self.stats.dropped(batch.source, len(batch.events))
+                return False
+            self._internal.append(batch)
+            self._internal_pending += size
+            self._cond.notify_all()
+            return True
 
     def get_many(self, max_events: int, timeout: float) -> list[Batch] | None:
         """Up to ``max_events`` worth of batches (at least one if any arrive within ``timeout``).
 
-        Returns None once the queue is closed and empty.
+        Sentinel's own batches come first.  Returns None once the queue is closed and empty.
         """
         with self._cond:
-            if not self._items and not self._closed:
+            if not self._items and not self._internal and not self._closed:
                 self._cond.wait(timeout)
-            if not self._items:
-                return None if self._closed else []
             out: list[Batch] = []
             taken = 0
-            while self._items and (not out or taken + len(self._items[0].events) <= max_events):
-                batch = self._items.popleft()
-                out.append(batch)
-                taken += len(batch.events)
-                self._pending -= max(1, len(batch.events))
-            self._cond.notify_all()
+            for lane in (self._internal, self._items):
+                while lane and (not out or taken + len(lane[0].events) <= max_events):
+                    batch = lane.popleft()
+                    out.append(batch)
+                    taken += len(batch.events)
+                    if lane is self._items:
+                        self._pending -= max(1, len(batch.events))
+                    else:
+                        self._internal_pending -= max(1, len(batch.events))
+            if out:
+                self._cond.notify_all()
+            event = self.stats.settle(self._pending, self._waiting)
+            if event is not None:  # the episode is over: its event joins the queue now there is room
+                if out:
+                    self._internal.append(Batch(HEALTH_SOURCE, [event], {}))
+                    self._internal_pending += 1
+                else:
+                    out.append(Batch(HEALTH_SOURCE, [event], {}))
+            if not out:
+                return None if self._closed else []
             return out
 
     def close(self) -> None:
@@ -120,9 +224,14 @@ class BatchQueue:
             self._closed = True
             self._cond.notify_all()
 
+    def events(self) -> int:
+        """Events waiting (both lanes; an event-less batch counts as one)."""
+        with self._cond:
+            return self._pending + self._internal_pending
+
     def __len__(self) -> int:
         with self._cond:
-            return len(self._items)
+            return len(self._items) + len(self._internal)
 
 
 def source_name(spec: SourceSettings) -> str:
@@ -141,7 +250,7 @@ class Daemon:
     def __init__(
         self,
         settings: Settings,
-        store: SQLiteStore,
+        store: EventStore,
         stages: Sequence[Stage] = (),
         after_commit: Sequence[Callable[[], None]] = (),
         responders: Sequence[Responder] = (),
@@ -156,8 +265,28 @@ class Daemon:
         self.heartbeat = time.monotonic()
         #: Wall-clock time of the last successful commit.
         self.last_commit: float | None = None
-        self.queue = BatchQueue(settings.collectors.queue_size)
+        collectors = settings.collectors
+        self.queue = BatchQueue(
+            collectors.queue_size,
+            policy=collectors.overflow,
+            overflow_wait=collectors.overflow_wait,
+            hostname=settings.daemon.hostname,
+            journal=settings.daemon.state_dir / OVERFLOW_JOURNAL,
+        )
         self.sources: list[Source] = []
+        #: The periodic jobs (port audit, self-check, responders' and the store's jobs).
+        self.scheduler = Scheduler()
+        self.watch = SourceWatch(
+            lambda: self.sources,
+            self._thread_of,
+            lambda name: name in self._emitting,
+            self.emit_internal,
+            checks=collectors.stall_checks,
+            interval=collectors.self_check_interval,
+            hostname=settings.daemon.hostname,
+        )
+        self._emitting: dict[str, float] = {}  # source → since when it waits in queue.put
+        self._source_threads: dict[str, threading.Thread] = {}
         self._stop = threading.Event()  # sources stop reading
         self._abort = threading.Event()  # the writer gives up retrying a failing commit
         self._threads: list[threading.Thread] = []
@@ -245,26 +374,96 @@ class Daemon:
         return JournaldSource(name, spec, checkpoint, collectors.max_line_bytes)
 
     def _emit_responses(self, events: list[Event]) -> None:
-        """Responders' outcome events join the queue like a source's (no checkpoint)."""
+        """Responders' outcome events join the queue's internal lane (no checkpoint; never blocks)."""
         if events:
-            self.queue.put(Batch("responders", events, {}))
+            self.queue.put_internal(Batch("responders", events, {}))
+
+    def emit_internal(self, events: list[Event]) -> None:
+        """Sentinel's own health events (stalled sources…) go to the store through the internal lane."""
+        if events:
+            self.queue.put_internal(Batch(HEALTH_SOURCE, events, {}))
+
+    def queues(self) -> list[QueueStats]:
+        """Every bounded queue between stages: the sources' and the responders'."""
+        out = [self.queue.stats]
+        for responder in self.responders:
+            out.extend(responder.queues())
+        return out
+
+    def jobs(self) -> list[JobSpec]:
+        """The daemon's own periodic jobs: polled sources and the self-check."""
+        collectors = self.settings.collectors
+        specs = [
+            JobSpec(
+                f"source:{s.name}",
+                self._poller(s),
+                s.interval,
+                first_delay=0.0,
+                description=f"poll source {s.name} every {s.interval:g}s",
+            )
+            for s in self.sources
+            if isinstance(s, PolledSource)
+        ]
+        specs.append(
+            JobSpec(
+                "self-check",
+                self.watch.check,
+                collectors.self_check_interval,
+                description="check that every source still advances",
+            )
+        )
+        return specs
+
+    def _poller(self, source: PolledSource) -> Callable[[], None]:
+        emit = self._emitter(source.name)
+
+        def poll() -> None:
+            source.poll(emit)
+
+        return poll
+
+    def _emitter(self, name: str) -> Callable[[Batch], None]:
+        """``queue.put`` for source ``name``, noting while it waits (the self-check asks)."""
+
+        def emit(batch: Batch) -> None:
+            self._emitting[name] = time.monotonic()
+            try:
+                self.queue.put(batch)
+            finally:
+                self._emitting.pop(name, None)
+
+        return emit
+
+    def _thread_of(self, name: str) -> threading.Thread | None:
+        return self._source_threads.get(name)
 
     def start(self) -> None:
-        """Start the responders and the writer, then one supervised thread per source."""
+        """Start the responders and the writer, one supervised thread per source, then the scheduler."""
+        if self.queue.stats.journal is not None:  # an episode the previous run could not finish
+            recovered = recover_episode(self.queue.stats.journal, self.settings.daemon.hostname)
+            if recovered is not None:
+                self.emit_internal([recovered])
         for responder in self.responders:
             responder.start(self._emit_responses)
         self._writer = threading.Thread(target=self._write_loop, name="sentinel-writer", daemon=True)
         self._writer.start()
         for source in self.sources:
+            if isinstance(source, PolledSource):
+                continue  # a scheduled job
             t = threading.Thread(target=self._supervise, args=(source,), name=f"source-{source.name}", daemon=True)
             t.start()
             self._threads.append(t)
+            self._source_threads[source.name] = t
+        self.scheduler.add_all(self.jobs())
+        for responder in self.responders:
+            self.scheduler.add_all(responder.jobs())
+        self.scheduler.start()
 
     def stop(self) -> bool:
-        """Stop the sources, store what they handed on, close the store.  True if all stopped."""
+        """Stop the scheduler and the sources, store what they handed on, close the store.  True if all stopped."""
+        clean = self.scheduler.shutdown(SCHEDULER_STOP_TIMEOUT)
         self._stop.set()
         deadline = time.monotonic() + SOURCE_STOP_TIMEOUT
-        clean = True
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
             if t.is_alive():
@@ -294,10 +493,11 @@ class Daemon:
         """Run ``source`` until the daemon stops, restarting it with backoff when it fails."""
         delay = self.retry_delay
         last_error: str | None = None
+        emit = self._emitter(source.name)
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                source.run(self.queue.put, self._stop)
+                source.run(emit, self._stop)
                 if self._stop.is_set():
                     return
                 message = "stopped by itself"
@@ -399,9 +599,15 @@ def start_metrics(settings: Settings, daemon: Daemon, detection: DetectionStage)
             MetricsSources(
                 sources=lambda: daemon.sources,
                 engine=lambda: detection.engine,
-                queue_depth=lambda: len(daemon.queue),
+                queue_depth=daemon.queue.events,
                 last_commit=lambda: daemon.last_commit,
-                extra=[r.metrics for r in daemon.responders if hasattr(r, "metrics")],
+                queues=daemon.queues,
+                extra=[
+                    daemon.scheduler.metrics,
+                    daemon.watch.metrics,
+                    *(r.metrics for r in daemon.responders if hasattr(r, "metrics")),
+                    *([daemon.store.metrics] if hasattr(daemon.store, "metrics") else []),
+                ],
             ),
             m.address,
             m.port,
@@ -410,6 +616,16 @@ def start_metrics(settings: Settings, daemon: Daemon, detection: DetectionStage)
         log.error("metrics endpoint %s:%d unavailable: %s", m.address, m.port, exc.strerror or exc)
         return
     log.info("metrics on http://%s:%d/metrics", m.address, m.port)
+
+
+def open_store(settings: Settings) -> EventStore:
+    """The configured backend: the embedded SQLite store, or the spool shipping to Elasticsearch."""
+    if settings.store.backend == "elasticsearch":  # imported here: the client takes 0.3 s to import
+        from sentinel.store.elasticsearch import connect
+        from sentinel.store.shipper import ShippingStore
+
+        return ShippingStore.open(settings, connect(settings.store.elasticsearch, settings))
+    return SQLiteStore(settings.store.sqlite_path(settings.daemon.state_dir))
 
 
 def run_daemon(settings: Settings, config_path: Path) -> int:
@@ -423,11 +639,15 @@ def run_daemon(settings: Settings, config_path: Path) -> int:
         return 1
     db_path = settings.store.sqlite_path(state_dir)
     try:
-        store = SQLiteStore(db_path)
+        store = open_store(settings)
+    except StoreConfigError as exc:
+        log.error("%s", exc)
+        return 2
     except Exception as exc:
         log.error("cannot open the event store %s: %s", db_path, exc)
         return 1
-    log.info("sentinel %s starting (config %s, store %s)", __version__, config_path, db_path)
+    where = db_path if settings.store.backend == "sqlite" else ", ".join(settings.store.elasticsearch.hosts)
+    log.info("sentinel %s starting (config %s, store %s)", __version__, config_path, where)
 
     try:
         responders = build_responders(settings)
@@ -464,12 +684,14 @@ def run_daemon(settings: Settings, config_path: Path) -> int:
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     control: ControlServer | None = None
-    # Daily: seal last month's records into their partition, drop partitions past retention
-    # (each drop an audit event), log the chain head as an anchor for `sentinel audit verify`.
-    maintenance = MaintenanceJob(db_path, settings.store.retention_days, hostname=settings.daemon.hostname)
     try:
+        if isinstance(store, SQLiteStore):
+            # Daily: seal last month's records into their partition, drop partitions past retention
+            # (each drop an audit event), log the chain head as an anchor for `sentinel audit verify`.
+            # (Elasticsearch: its ILM policy does retention.)
+            maintenance = MaintenanceJob(db_path, settings.store.retention_days, hostname=settings.daemon.hostname)
+            maintenance.schedule(daemon.scheduler)
         daemon.start()
-        maintenance.start()
         status_provider = StatusProvider(daemon, detection, recent)
         control = start_control(state_dir, [*responders, status_provider])  # `sentinel status|bans`
         if settings.metrics.enabled:
@@ -484,11 +706,12 @@ def run_daemon(settings: Settings, config_path: Path) -> int:
                 settings = reload(config_path, settings, detection, notifier)
             # The watchdog is fed only while the writer keeps coming round its loop: a stuck
             # store or stage stops the pings and systemd restarts the service.
-            notifier.watchdog(time.monotonic() - daemon.heartbeat < WRITER_STALL)
+            # A writer held back by a full spool (overflow = "block") is slowed on purpose, not stuck.
+            throttled = bool(getattr(store, "throttled", False))
+            notifier.watchdog(time.monotonic() - daemon.heartbeat < WRITER_STALL or throttled)
         notifier.stopping()
         if control is not None:
             control.close()
-        maintenance.stop()
         clean = daemon.stop()
         detection.close()
     finally:

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from sentinel.collectors.sources.base import Source
 from sentinel.engine.engine import Engine
+from sentinel.queues import QueueStats, queue_metrics
 
 
 @dataclass
@@ -26,6 +27,8 @@ class MetricsSources:
     engine: Callable[[], Engine | None]
     queue_depth: Callable[[], int]
     last_commit: Callable[[], float | None]
+    #: The bounded queues between stages (depth, overflows, drops).
+    queues: Callable[[], list[QueueStats]] = list
     extra: list[Callable[[], Iterator[Metric]]] = field(default_factory=list)
 
 
@@ -92,6 +95,7 @@ class DaemonCollector(Collector):
                 "Seconds since the last store commit (events and checkpoints)",
                 value=max(0.0, time.time() - last),
             )
+        yield from queue_metrics(self.src.queues())
         for extra in self.src.extra:
             yield from extra()
 

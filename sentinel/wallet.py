@@ -551,6 +551,27 @@ class Wallet:
             self._stamp = stamp
             return True
 
+    def check(self) -> int:
+        """Prove the wallet still opens: the file on disk authenticates with the keys in memory and
+        every record decrypts.  Returns the number of records; raises :class:`WalletError` if not.
+
+        The daemon runs it periodically (the wallet check), so a wallet deleted, tampered with or
+        re-keyed under a running daemon is noticed before a revocation needs it.
+        """
+        with self._lock:
+            doc = _read_doc(self.path)
+            if doc.get("kdf") != self._doc.get("kdf"):
+                raise WalletError(
+                    f"{self.path}: the wallet password was changed; restart Sentinel to use the new wallet"
+                )
+            _verify_mac(doc, self._keys, self.path)
+            count = 0
+            for kind in ("account", "provider"):
+                for name in list(self._table(kind)):
+                    self._read_record(kind, name)
+                    count += 1
+        return count
+
     # -- internals --
     def _file_stamp(self) -> tuple[int, int, int] | None:
         try:

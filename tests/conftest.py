@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,3 +95,13 @@ def sentinel_process() -> Iterator[Callable[..., SentinelProcess]]:
     for proc in started:
         if proc.alive():
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def elasticsearch_server() -> Iterator[Any]:
+    """The real Elasticsearch node (tests/es_server.py), started once for the whole run."""
+    from tests.es_server import launch
+
+    server = launch()
+    yield server
+    server.cleanup()

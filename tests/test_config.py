@@ -19,13 +19,20 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     assert settings.responders.dry_run is True
     assert settings.store.backend == "sqlite"
     text = (ROOT / "config.example.toml").read_text()
-    for section in type(settings).model_fields:
-        model = getattr(settings, section)
-        if not isinstance(model, BaseModel):
-            continue
+
+    def check(section: str, model: BaseModel) -> None:
         assert f"[{section}]" in text, f"config.example.toml has no [{section}] section"
         for key in type(model).model_fields:
-            assert f"{key} =" in text, f"config.example.toml does not document {section}.{key}"
+            value = getattr(model, key)
+            if isinstance(value, BaseModel):  # a sub-section, e.g. [store.elasticsearch]
+                check(f"{section}.{key}", value)
+            else:
+                assert f"{key} =" in text, f"config.example.toml does not document {section}.{key}"
+
+    for section in type(settings).model_fields:
+        model = getattr(settings, section)
+        if isinstance(model, BaseModel):
+            check(section, model)
     for source_model in {type(s) for s in settings.sources}:
         for key in source_model.model_fields:
             assert f"{key}" in text, f"config.example.toml does not document sources.{key}"

@@ -8,8 +8,10 @@ for Sentinel, so the documented privileges are proven sufficient.
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from sentinel.store.sqlite import SQLiteStore
 from sentinel.store.sqlite_audit import SQLiteAudit
 from tests.conftest import clean_env, wait_until
 from tests.es_server import ElasticsearchServer
+from tests.oidc.provider import free_port
 
 GEN = Path(__file__).resolve().parents[2] / "shared" / "tools" / "gen_authlog.py"
 MIB = 1024 * 1024
@@ -432,6 +435,7 @@ def test_sentinel_run_ships_to_elasticsearch_and_audit_queries_it(
     creds = tmp_path / "credentials"
     creds.mkdir(mode=0o700)
     (creds / "elasticsearch").write_text(api_key)
+    metrics_port = free_port()
     log = tmp_path / "auth.log"
     log.write_bytes(b"")
     state = tmp_path / "state"
@@ -442,7 +446,7 @@ def test_sentinel_run_ships_to_elasticsearch_and_audit_queries_it(
 state_dir = "{state}"
 hostname = "web1"
 [metrics]
-enabled = false
+port = {metrics_port}
 [ports]
 enabled = false
 [store]
@@ -460,6 +464,13 @@ start_at = "beginning"
 """
     )
     env = clean_env(CREDENTIALS_DIRECTORY=str(creds))
+
+    def status() -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "sentinel", "status", "-c", str(config)], env=env, capture_output=True, text=True
+        )
+        return out.stdout + out.stderr
+
     proc = sentinel_process(config, env)
     proc.start()
     lines = [
@@ -477,6 +488,13 @@ start_at = "beginning"
         return count(admin, es.data_stream, {"term": {"log.file.path": str(log)}}) >= 30
 
     wait_until(arrived, timeout=60, interval=0.5)
+    wait_until(lambda: "spool 0 bytes" in status(), timeout=30, interval=0.5)
+    shown = status()
+    assert "Elasticsearch: spool 0 bytes, lag none; shipped=" in shown
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    created = re.search(r'^sentinel_shipped_events_total\{result="created"\} (\d+)', metrics, re.M)
+    assert created is not None and int(float(created.group(1))) >= 30
+    assert "sentinel_spool_bytes 0.0" in metrics
     assert proc.stop() == 0
     assert count(admin, es.data_stream, {"term": {"log.file.path": str(log)}}) == 30
     out = subprocess.run(
@@ -504,7 +522,7 @@ def test_the_api_key_from_the_wallet(
     from sentinel.config import Settings
     from sentinel.wallet import TEST_KDF, TEST_PASSWORD_ENV, ProviderCredentials, Secret, Wallet
 
-    password = "wallet pass phrase for the ES test"  # noqa: S105
+    password = "wallet pass phrase for the ES test"
     wallet = Wallet.create(tmp_path / "wallet.json", password, kdf=TEST_KDF)
     wallet.set_provider("es-prod", ProviderCredentials(client_id="sentinel", client_secret=Secret(api_key)))
     wallet.save()

@@ -714,3 +714,136 @@ def test_metrics_families(tmp_path: Path) -> None:
     assert values[("sentinel_firewall_up", ())] == 1 and values[("sentinel_firewall_bans", ())] == 1
     assert values[("sentinel_firewall_changes_total", ("refused",))] == 1
     assert values[("sentinel_firewall_changes_total", ("bans",))] == 1
+
+
+# -- reconciliation and the bounded request queue ----------------------------------------------------
+
+
+def test_reconciliation_repairs_drift_and_records_it(
+    fake: Callable[..., tuple[BanManager, FakeBackend, Events]],
+) -> None:
+    m, backend, events = fake()
+    m.submit_many(
+        [BanRequest("ban", "203.0.113.20", duration=600), BanRequest("ban", "2001:db8:bad::/64", permanent=True)]
+    )
+    assert m.flush()
+    assert m.verify()["outcome"] == "ok"
+    assert not events.find("firewall-repaired")
+    # Someone flushed a set, added a member by hand and made a permanent ban expire.
+    del backend.kernel["203.0.113.20"]
+    backend.kernel["198.51.100.7"] = 300
+    backend.kernel["2001:db8:bad::/64"] = 60
+    reply = m.verify()
+    assert reply["outcome"] == "repaired"
+    assert (reply["missing"], reply["unexpected"], reply["weakened"]) == (
+        ["203.0.113.20"],
+        ["198.51.100.7"],
+        ["2001:db8:bad::/64"],
+    )
+    assert set(backend.kernel) == {"203.0.113.20", "2001:db8:bad::/64"}
+    assert backend.kernel["2001:db8:bad::/64"] is None and 590 <= (backend.kernel["203.0.113.20"] or 0) <= 600
+    (event,) = events.find("firewall-repaired", "success")
+    assert event["sentinel.firewall.drift"] == {"missing": 1, "unexpected": 1, "weakened": 1}
+    assert event["sentinel.firewall.missing"] == ["203.0.113.20"] and event["event.category"] == ["configuration"]
+    assert m.stats["repairs"] == 1 and m.stats["drift"] == 3
+    assert m.verify()["outcome"] == "ok"
+
+
+def test_reconciliation_is_a_scheduled_job_whose_failures_count(tmp_path: Path) -> None:
+    class Unlistable(FakeBackend):
+        def members(self) -> dict[str, int | None]:
+            if self.error:
+                raise BackendError(self.error)
+            return super().members()
+
+    backend = Unlistable()
+    responder = FirewallResponder(fw_settings("nftables"), tmp_path, Allowlist([], own=[]), backend=backend)
+    (job,) = responder.jobs()
+    assert job.id == "firewall-reconcile" and job.interval == 300
+    off = FirewallResponder(fw_settings("nftables", reconcile_interval=0), tmp_path, Allowlist([], own=[]), backend)
+    assert off.jobs() == []
+    events = Events()
+    responder.start(events)
+    try:
+        assert responder.manager.reconciled.wait(5)
+        job.func()  # fine: nothing to repair
+        backend.error = "nft: netlink: Operation not permitted"
+        with pytest.raises(RuntimeError, match="cannot list the firewall's members"):
+            job.func()
+    finally:
+        responder.stop(5)
+
+
+def test_a_hung_firewall_thread_refuses_new_bans_and_says_so(
+    fake: Callable[..., tuple[BanManager, FakeBackend, Events]],
+) -> None:
+    class Hung(FakeBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered = threading.Event()
+            self.gate = threading.Event()
+
+        def add(self, elements: Sequence[Element]) -> None:
+            self.entered.set()
+            assert self.gate.wait(10)
+            super().add(elements)
+
+    backend = Hung()
+    m, _, events = fake(backend, queue_size=100)
+    try:
+        m.submit(BanRequest("ban", "203.0.113.1", duration=60))
+        assert backend.entered.wait(5)  # the firewall thread now hangs in the kernel call
+        m.submit_many([BanRequest("ban", f"198.51.100.{i}", duration=60) for i in range(1, 101)])
+        refused = [BanRequest("ban", f"192.0.2.{i}", duration=60, origin="rule:r", reply=Future()) for i in range(5)]
+        for r in refused:
+            m.submit(r)  # the queue holds 100 requests: refused at once, never silently
+        for r in refused:
+            assert r.reply is not None and r.reply.result(1)["outcome"] == "failed"
+        failed = events.find("ban", "failure")
+        assert len(failed) == 5 and {e["event.reason"] for e in failed} == {"queue full"}
+        assert m.queue_stats.overflowing and m.queue_stats.dropped_total == {"rule:r": 5}
+    finally:
+        backend.gate.set()
+    assert m.flush()
+    assert len(backend.kernel) == 101 and not any(t.startswith("192.0.2.") for t in backend.kernel)
+    (overflow,) = [e for e in events.items if e["event.action"] == "queue-overflow"]
+    assert overflow["sentinel.queue.name"] == "firewall" and overflow["sentinel.queue.dropped"] == 5
+    assert m.stats["dropped"] == 5 and not m.queue_stats.overflowing
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reconciliation_restores_a_wiped_kernel_set(backend: str, netns: NetnsPair, tmp_path: Path) -> None:
+    require_firewall(backend)
+    events = Events()
+    with (
+        running_manager(netns, fw_settings(backend), tmp_path / "fw.db", events) as (manager, dex),
+        inside(netns.attacker) as aex,
+    ):
+        listener = Listener(dex)
+        try:
+            manager.submit_many(
+                [
+                    BanRequest("ban", netns.attacker.ipv4, duration=120),
+                    BanRequest("ban", "2001:db8:bad::/64", permanent=True),
+                ]
+            )
+            assert manager.flush()
+            assert manager.verify()["outcome"] == "ok"
+            assert not reachable(aex, netns.defender.ipv4, listener.port)
+            # The kernel loses the bans (a flush by hand) and gains a member Sentinel never added.
+            call(dex, manager.backend.restore, [Element("198.51.100.99", 600)])
+            assert reachable(aex, netns.defender.ipv4, listener.port)
+            reply = manager.verify()
+            assert reply["outcome"] == "repaired", reply
+            assert reply["missing"] == sorted([netns.attacker.ipv4, "2001:db8:bad::/64"])
+            assert reply["unexpected"] == ["198.51.100.99"]
+            kernel = call(dex, manager.backend.members)
+            assert set(kernel) == {netns.attacker.ipv4, "2001:db8:bad::/64"}
+            assert kernel["2001:db8:bad::/64"] is None
+            assert not reachable(aex, netns.defender.ipv4, listener.port)
+            assert len(events.find("firewall-repaired", "success")) == 1
+        finally:
+            listener.close()
+        manager.stop(5)
+        call(dex, manager.backend.teardown)

@@ -340,6 +340,22 @@ def test_restart_from_cursor_reads_exactly_what_was_written_while_down(tmp_path:
 
 
 @pytest.mark.usefixtures("tools")
+def test_progress_tells_the_self_check_whether_matching_entries_wait(tmp_path: Path) -> None:
+    journal_dir = tmp_path / "journal"
+    journal_dir.mkdir()
+    write_journal(journal_dir / "a.journal", [failed(i) for i in range(1, 4)])
+    assert source(directory=journal_dir).progress() is None, "no cursor yet: nothing to compare"
+    first = cursors(journal_dir)
+    assert source({"cursor": first[0]}, directory=journal_dir).progress() == (first[0], 1)
+    assert source({"cursor": first[-1]}, directory=journal_dir).progress() == (first[-1], 0)
+    # Entries the source's matches exclude are not input for it.
+    write_journal(journal_dir / "a.journal", [entry(T0 + 9_000_000, "hello", ident="CRON", unit="cron.service")])
+    assert source({"cursor": first[-1]}, directory=journal_dir).progress() == (first[-1], 0)
+    write_journal(journal_dir / "a.journal", [failed(9)])
+    assert source({"cursor": first[-1]}, directory=journal_dir).progress() == (first[-1], 1)
+
+
+@pytest.mark.usefixtures("tools")
 def test_checkpoint_is_the_last_entry_read_even_without_an_event(tmp_path: Path) -> None:
     path = write_journal(
         tmp_path / "x.journal",

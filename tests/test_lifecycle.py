@@ -148,6 +148,13 @@ def test_notify_reload_and_stop(tmp_path: Path, notify_socket: socket.socket) ->
         assert [(s["name"], s["lines"]) for s in report["sources"]] == [("auth", 7)]
         assert report["dry_run"] is True
         assert {f["rule.id"] for f in report["recent_findings"]} >= {"ssh-brute-force", "test-sudo-watch"}
+        jobs = {j["id"]: j for j in report["jobs"]}
+        assert set(jobs) >= {"self-check", "store-maintenance"}
+        assert jobs["store-maintenance"]["interval"] == 86400 and jobs["store-maintenance"]["next_run"]
+        assert jobs["self-check"]["last_outcome"] in ("never", "ok", "running")
+        (queue,) = report["queues"]
+        assert (queue["name"], queue["policy"], queue["capacity"]) == ("collectors", "block", 10000)
+        assert queue["overflows"] == 0 and queue["dropped"] == 0
         human = subprocess.run(
             [sys.executable, "-m", "sentinel", "status", "-c", str(cfg.with_name("status.toml"))],
             capture_output=True,
@@ -157,10 +164,14 @@ def test_notify_reload_and_stop(tmp_path: Path, notify_socket: socket.socket) ->
             env=clean_env(),
         ).stdout
         assert "Recent findings:" in human and "ssh-brute-force" in human
+        assert "Jobs:" in human and "store-maintenance" in human and "collectors" in human
 
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert 'sentinel_source_lines_total{source="auth"} 7.0' in body
         assert 'sentinel_findings_total{rule="test-sudo-watch"} 2.0' in body
+        assert 'sentinel_queue_capacity{queue="collectors"} 10000.0' in body
+        assert 'sentinel_queue_overflows_total{queue="collectors"} 0.0' in body
+        assert 'sentinel_job_failures_total{job="store-maintenance"} 0.0' in body
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0

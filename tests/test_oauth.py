@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -500,3 +501,105 @@ def test_an_unexpected_error_is_retried_then_fails_loudly(tmp_path: Path, caplog
     h.stop()
     assert "internal error (RuntimeError) in 2 attempts" in h.channel.sent[0].text
     assert caplog.text.count("failed unexpectedly") == 2
+
+
+# -- the credentials check and the bounded queue -----------------------------------------------------
+
+
+def check_events(h: Harness) -> list[Event]:
+    return [e for e in list(h.events) if e.get("event.action") == "credentials-check"]
+
+
+def test_the_credentials_check_notices_what_would_make_a_revocation_fail(server: Recorder, tmp_path: Path) -> None:
+    discovery = reply(200, {"issuer": server.url, "revocation_endpoint": server.url + "/oauth/revoke"})
+    server.respond("GET", "/.well-known/openid-configuration", discovery)
+    h = Harness(tmp_path, {"corp": OAuthProviderSettings(issuer=server.url)})
+    assert h.wallet is not None
+    h.wallet.set_provider("corp", creds(("client-id", "secret-value-0123")))
+    h.wallet.add_entry("alice", "corp", token="token-0123456789")
+    h.wallet.save()
+    responder = h.start()
+    try:
+        (job,) = responder.jobs()
+        assert job.id == "wallet-check" and job.interval == 3600
+        job.func()
+        job.func()
+        assert responder.check_problems == []
+        assert len(server.requests) == 2, "the discovery document is fetched afresh by every check"
+        assert not check_events(h)
+
+        # `sentinel wallet add` names a provider the configuration does not know.
+        other = Wallet.open(h.path, "harness password")
+        other.add_entry("bob", "ghost", token="token-9876543210")
+        other.save()
+        with pytest.raises(RuntimeError, match="providers that are not configured: ghost"):
+            job.func()
+        (failed,) = check_events(h)
+        assert failed["event.outcome"] == "failure" and failed["event.dataset"] == "sentinel.health"
+        assert "ghost" in failed["sentinel.credentials.problems"][0]
+        wait_until(lambda: bool(h.channel.sent), timeout=5)
+        assert h.channel.sent[0].severity == "high" and "ghost" in h.channel.sent[0].text
+        values = {s.name: s.value for m in responder.metrics() for s in m.samples}
+        assert values["sentinel_wallet_check_ok"] == 0 and values["sentinel_wallet_check_failures_total"] == 1
+
+        other.remove_account("bob")
+        other.save()
+        job.func()
+        assert [e["event.outcome"] for e in check_events(h)] == ["failure", "success"]
+
+        # The issuer's discovery document goes away.
+        server.respond("GET", "/.well-known/openid-configuration", reply(404))
+        with pytest.raises(RuntimeError, match="OpenID discovery"):
+            job.func()
+        server.respond("GET", "/.well-known/openid-configuration", discovery)
+        job.func()
+
+        # The password is changed under the running daemon, then the file is deleted.
+        other.rotate_password("a brand new password")
+        with pytest.raises(RuntimeError, match="password was changed"):
+            job.func()
+        h.path.unlink()
+        with pytest.raises(RuntimeError, match="no wallet here"):
+            job.func()
+        outcomes = [e["event.outcome"] for e in check_events(h)]
+        assert outcomes == ["failure", "success", "failure", "success", "failure", "failure"]
+        values = {s.name: s.value for m in responder.metrics() for s in m.samples}
+        assert values["sentinel_wallet_check_failures_total"] == 4
+        dump = json.dumps(h.events)
+        assert "secret-value-0123" not in dump and "token-0123456789" not in dump
+    finally:
+        h.stop()
+    off = OAuthRevocationResponder(OAuthSettings(enabled=True, check_interval=0), h.wallet, h.queue)
+    assert off.jobs() == []
+
+
+def test_a_hung_provider_fills_the_revocation_queue_and_new_ones_fail_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hung = socket.socket()  # accepts connections (the kernel's backlog) and never answers
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)
+    try:
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}/revoke"
+        h = Harness(tmp_path, {"corp": OAuthProviderSettings(revocation_endpoint=url)}, timeout=3.0, queue_size=10)
+        assert h.wallet is not None
+        h.wallet.set_provider("corp", creds(("id", "secret-value-0123")))
+        for i in range(11):
+            h.wallet.add_entry(f"u{i}", "corp", token=f"token-of-u{i}-0123")
+        h.wallet.save()
+        responder = h.start()
+        for i in range(10):
+            responder.submit(finding(f"u{i}", f"f-{i}"), {"type": "revoke_tokens", "user": f"u{i}"})
+        assert len(responder.pending()) == 10
+        responder.submit(finding("u10", "f-10"), {"type": "revoke_tokens", "user": "u10"})
+        assert h.statuses("u10") == ["failed"]
+        (failed,) = [e for e in h.events if e.get("user.name") == "u10"]
+        assert "revocation queue full" in failed["sentinel.revocation"]["reason"]
+        assert responder.queue_stats.dropped_total == {"login-new-country": 1}
+        assert "new token revocations fail until it drains" in caplog.text
+        wait_until(lambda: any("not attempted for u10" in a.title for a in h.channel.sent), timeout=5)
+        assert [a.severity for a in h.channel.sent if "u10" in a.title] == ["critical"]
+        assert len(responder.pending()) == 10, "the waiting revocations are kept"
+        h.stop()
+    finally:
+        hung.close()

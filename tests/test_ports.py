@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,9 +32,12 @@ from sentinel.collectors.sources.ports import (
     list_listeners,
     parse_allow_entry,
 )
+from sentinel.config import Settings
+from sentinel.daemon import Daemon
 from sentinel.engine.engine import Engine
 from sentinel.engine.rule import load_rules
 from sentinel.event import Event, event_time
+from sentinel.store import SQLiteStore
 from tests.conftest import wait_until
 
 ME = psutil.Process()
@@ -431,6 +435,33 @@ def test_source_emits_within_its_interval(sockets: Sockets) -> None:
         stop.set()
         thread.join(2)
     assert not thread.is_alive()
+
+
+def test_the_daemon_runs_the_audit_as_a_scheduled_job(sockets: Sockets, tmp_path: Path) -> None:
+    settings = Settings.model_validate(
+        {
+            "daemon": {"state_dir": tmp_path, "hostname": "test-host"},
+            "ports": {"interval": 0.2},
+            "metrics": {"enabled": False},
+        }
+    )
+    store = SQLiteStore(tmp_path / "events.db")
+    daemon = Daemon(settings, store)
+    daemon.build_sources()
+    (source,) = daemon.sources
+    assert isinstance(source, PortAuditSource)
+    daemon.start()
+    try:
+        assert not any(t.name == "source-ports" for t in threading.enumerate()), "no thread of its own"
+        _, port = sockets.tcp("127.0.0.1")
+        wait_until(lambda: bool(mine(list(store.iter_events()), "tcp", "127.0.0.1", port)), timeout=5)
+        (job,) = [j for j in daemon.scheduler.status() if j["id"] == "source:ports"]
+        assert job["interval"] == 0.2 and job["last_outcome"] in ("ok", "running") and job["runs"] >= 1
+        e = one(list(store.iter_events()), "tcp", "127.0.0.1", port)
+        assert e["event.action"] == OPENED and e["host.hostname"] == "test-host"
+        assert source.status.stats.events >= 1 and source.status.last_error is None
+    finally:
+        daemon.stop()
 
 
 # -- sentinel ports --------------------------------------------------------------------------

@@ -288,6 +288,35 @@ class FileSource(Source):
         """The checkpoint that matches everything emitted so far."""
         return {"paths": {t.name: t.state() for t in self._tails if not t.fresh}}
 
+    def progress(self) -> tuple[tuple[tuple[int, int, int], ...], int] | None:
+        """Read positions of the open files and the bytes written past them (for the self-check).
+
+        A path that now names a file not opened yet (created or rotated in) counts whole, unless
+        it cannot be opened (that is an error the source reports itself).  Only ``fstat`` and
+        ``stat``: no reading, no lock held for long.
+        """
+        positions: list[tuple[int, int, int]] = []
+        backlog = 0
+        for tail in list(self._tails):
+            with tail.lock:
+                files = [(f.fd, f.dev, f.ino, f.offset + len(f.buf)) for f in tail.files]
+            held = set()
+            for fd, dev, ino, position in files:
+                held.add((dev, ino))
+                positions.append((dev, ino, position))
+                try:
+                    backlog += max(0, os.fstat(fd).st_size - position)
+                except OSError:  # closed meanwhile (retired): nothing to say about it
+                    continue
+            try:
+                st = os.stat(tail.path)
+            except OSError:
+                continue
+            unopened = (st.st_dev, st.st_ino) not in held and not tail.fresh and tail.error is None
+            if stat.S_ISREG(st.st_mode) and unopened:
+                backlog += st.st_size
+        return tuple(positions), backlog
+
     # -- start-up ------------------------------------------------------------------------------
 
     def _restore(self) -> None:

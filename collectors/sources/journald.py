@@ -172,6 +172,33 @@ class JournaldSource(Source):
         finally:
             reader.close()
 
+    def progress(self) -> tuple[str, int] | None:
+        """The saved cursor and whether a matching entry follows it (1) or not (0), for the self-check.
+
+        Opens a second reader (what ``journalctl --after-cursor`` does) and reads at most two
+        entries; None before the source has a cursor or when the journal cannot be opened.
+        """
+        cursor = (self.checkpoint or {}).get("cursor")
+        if not isinstance(cursor, str) or not cursor:
+            return None
+        try:
+            reader = open_reader(self.settings.directory, self.settings.files, self.max_line_bytes + 64)
+        except JournalError:
+            return None
+        try:
+            for match in self.matches:
+                reader.add_match(match)
+                reader.add_disjunction()
+            reader.seek_cursor(cursor)
+            entry = next_entry(reader)
+            if entry is not None and reader.test_cursor(cursor):
+                entry = next_entry(reader)
+            return cursor, 0 if entry is None else 1
+        except (OSError, ValueError):
+            return None
+        finally:
+            reader.close()
+
     def _position(self, reader: Any) -> tuple[Checkpoint | None, dict[str, Any] | None]:
         """Seek to where reading starts.
 

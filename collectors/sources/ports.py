@@ -1,9 +1,10 @@
 """Listening-port audit: which sockets accept traffic on this host, and were they expected?
 
 A server promises a small network surface (SSH on 22, HTTPS on 443).  Every ``interval``
-seconds :class:`PortAuditor` lists the listening sockets with psutil — TCP sockets in state
-LISTEN and UDP sockets bound but not connected (they receive whatever is sent to them) —
-checks each against the allowlist and diffs the result against its previous snapshot:
+seconds (a job of the daemon's scheduler) :class:`PortAuditor` lists the listening sockets
+with psutil — TCP sockets in state LISTEN and UDP sockets bound but not connected (they
+receive whatever is sent to them) — checks each against the allowlist and diffs the result
+against its previous snapshot:
 
 - a socket address that appears gives an event ``listening_port_opened`` (``event.type``
   ``["start"]``), one that disappears gives ``listening_port_closed`` (``["end"]``);
@@ -55,7 +56,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sentinel.collectors.parsers.timestamps import now_utc
-from sentinel.collectors.sources.base import Batch, Checkpoint, Source
+from sentinel.collectors.sources.base import Batch, Checkpoint, PolledSource
 from sentinel.engine.durations import Duration
 from sentinel.event import Event
 
@@ -520,13 +521,13 @@ class PortAuditor:
         return e
 
 
-class PortAuditSource(Source):
-    """Runs a :class:`PortAuditor` every ``interval`` in its own thread.
+class PortAuditSource(PolledSource):
+    """A :class:`PortAuditor` as a source, polled every ``interval`` by the daemon's scheduler.
 
     Batches carry an empty checkpoint: there is nothing to resume, each start audits afresh
-    (and so reports again what is open then).  A failed audit raises, so the daemon's
-    supervisor logs it and restarts the source with backoff; the auditor and its snapshot
-    survive the restart.
+    (and so reports again what is open then).  A failed audit raises, so the scheduler logs it
+    (once per distinct error) and counts it, and the next run tries again; the auditor and its
+    snapshot persist across failures.  Outside the daemon, :meth:`run` polls in a thread of its own.
     """
 
     def __init__(
@@ -540,22 +541,20 @@ class PortAuditSource(Source):
     ) -> None:
         super().__init__(name, checkpoint)
         self.settings = settings
+        self.interval = settings.interval
         self.auditor = auditor or PortAuditor(settings, hostname)
 
-    def run(self, emit: Callable[[Batch], None], stop: threading.Event) -> None:
-        """Audit, emit what changed, sleep until the next audit; until ``stop`` is set."""
+    def poll(self, emit: Callable[[Batch], None]) -> None:
+        """Audit now and emit what changed since the previous audit."""
         stats = self.status.stats
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                events = self.auditor.scan()
-            except PortAuditError as exc:
-                self.status.last_error = str(exc)
-                raise
-            stats.lines += self.auditor.sockets
-            stats.events += len(events)
-            self.status.last_read = time.time()
-            self.status.last_error = None
-            if events:
-                emit(Batch(self.name, events, {}))
-            stop.wait(max(0.0, self.settings.interval - (time.monotonic() - started)))
+        try:
+            events = self.auditor.scan()
+        except PortAuditError as exc:
+            self.status.last_error = str(exc)
+            raise
+        stats.lines += self.auditor.sockets
+        stats.events += len(events)
+        self.status.last_read = time.time()
+        self.status.last_error = None
+        if events:
+            emit(Batch(self.name, events, {}))

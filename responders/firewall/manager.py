@@ -13,7 +13,14 @@ one state transaction and one kernel batch per wake-up, so a burst of findings c
 - **Reconciliation.**  On start the kernel sets are made to hold exactly the state's active bans,
   each with its remaining time, in one bulk operation (an nft transaction, or ``ipset restore``
   and swap); members the state does not know are thereby removed.  Bans that expired while the
-  daemon was down are purged and reported as unbans.
+  daemon was down are purged and reported as unbans.  Afterwards :meth:`BanManager.verify` (a job
+  of the daemon's scheduler, ``[firewall] reconcile_interval``) compares the kernel's members with
+  the bans: a ban missing from the kernel (someone ran ``nft flush ruleset``, a reboot without
+  Sentinel's unit), a member Sentinel never banned, or a permanent ban turned temporary is
+  repaired by the same bulk reload and recorded as a ``firewall-repaired`` event.
+- **Bounded queue.**  At most ``[firewall] queue_size`` requests wait for the thread; beyond
+  that (the thread is hung in the kernel) ``overflow = "drop_newest"`` refuses a new request
+  with a failed ``ban`` event (``event.reason: "queue full"``), ``"block"`` makes the caller wait.
 - **Expiry** is the kernel's (element timeouts); the thread only purges the rows at the same
   moment and reports the unban.  Backends with a timeout ceiling (ipset: about 24.8 days) get
   longer bans refreshed before the kernel would drop them.
@@ -35,13 +42,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any, Literal
 
 from sentinel.collectors.parsers.timestamps import epoch_to_utc
 from sentinel.engine.allowlist import Allowlist
 from sentinel.event import Event
-from sentinel.responders.firewall.backend import Backend, BackendError, Element, normalize
+from sentinel.queues import QueueStats
+from sentinel.responders.firewall.backend import Backend, BackendError, Element, maximal, normalize
 from sentinel.responders.firewall.events import ban_event
 from sentinel.responders.firewall.settings import FirewallSettings
 from sentinel.responders.firewall.state import Ban, BanStore
@@ -53,13 +62,20 @@ Reply = dict[str, Any]
 
 #: Seconds between purges of expired rows (and refreshes of capped timeouts).
 MAINTENANCE_INTERVAL = 1.0
+#: Bans this close to their end are not checked by :meth:`BanManager.verify` (the kernel may
+#: have expired them a moment before the purge).
+EXPIRY_SLACK = 2.0
+#: ``event.action`` of the event recording a repair.
+REPAIRED = "firewall-repaired"
+#: Targets named in a ``firewall-repaired`` event, at most (the counts are always complete).
+REPAIR_LIST_MAX = 100
 
 
 @dataclass(slots=True)
 class BanRequest:
     """A ban or unban asked for by a finding, ``sentinel bans`` or a test."""
 
-    kind: Literal["ban", "unban", "flush"]
+    kind: Literal["ban", "unban", "flush", "verify"]
     target: str = ""
     #: Seconds; None: the configured default (``permanent`` overrides it).
     duration: float | None = None
@@ -126,6 +142,9 @@ class BanManager:
         self._delay = settings.retry_initial
         self.reconciled = threading.Event()
         self.stats: Counter[str] = Counter()
+        self.queue_stats = QueueStats(
+            "firewall", settings.queue_size, settings.overflow, lambda: len(self._queue), unit="requests"
+        )
 
     # -- public ---------------------------------------------------------------------------------
     def start(self, emit: Emit) -> None:
@@ -146,16 +165,47 @@ class BanManager:
         self._thread.start()
 
     def submit(self, request: BanRequest) -> None:
-        """Queue one request (never blocks on I/O)."""
-        with self._cond:
-            self._queue.append(request)
-            self._cond.notify()
+        """Queue one request (never blocks on I/O; waits for room only with ``overflow = "block"``)."""
+        self.submit_many((request,))
 
     def submit_many(self, requests: Iterable[BanRequest]) -> None:
-        """Queue many requests at once: they are applied as one batch."""
+        """Queue many requests at once: they are applied as one batch.
+
+        A full queue (``queue_size``; one batch larger than that still fits in an empty queue)
+        refuses the batch's bans and unbans with ``overflow = "drop_newest"``, each reported,
+        or waits for room with ``"block"``.  ``flush`` and ``verify`` are always queued.
+        """
+        batch = list(requests)
+        work = [r for r in batch if r.kind in ("ban", "unban")]
+        refused: list[BanRequest] = []
         with self._cond:
-            self._queue.extend(requests)
-            self._cond.notify()
+            if work and self._queue and len(self._queue) + len(work) > self.settings.queue_size:
+                if self.settings.overflow == "block":
+                    started = time.monotonic()
+                    counted = False
+                    while self._queue and len(self._queue) + len(work) > self.settings.queue_size:
+                        if self._stopping:
+                            break
+                        self._cond.wait(1.0)
+                        if not counted and time.monotonic() - started >= 1.0:
+                            self.queue_stats.waited(since=started)
+                            counted = True
+                else:
+                    if not self.queue_stats.overflowing:
+                        log.error(
+                            "the firewall thread takes no requests (%d waiting): new bans and unbans are refused "
+                            "and recorded as failed until it does",
+                            len(self._queue),
+                        )
+                    refused = work
+                    kept = {id(r) for r in work}
+                    batch = [r for r in batch if id(r) not in kept]
+                    for r in refused:
+                        self.queue_stats.dropped(r.origin)
+            self._queue.extend(batch)
+            self._cond.notify_all()
+        if refused:
+            self._report([self._queue_full(r) for r in refused])
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything queued before now has been handled (kernel included)."""
@@ -166,6 +216,23 @@ class BanManager:
         except TimeoutError:
             return False
         return True
+
+    def verify(self, timeout: float = 60.0) -> Reply:
+        """Compare the kernel with the bans on the firewall thread and repair drift (the scheduled job).
+
+        Returns ``{"outcome": "ok" | "repaired" | "failed" | "skipped" | "pending", "message", …}``.
+        """
+        done: Future[Reply] = Future()
+        self.submit(BanRequest("verify", origin="reconcile", reply=done))
+        deadline = time.monotonic() + timeout
+        while True:  # in slices, so a stopping daemon is not held up by a hung firewall thread
+            try:
+                return done.result(min(0.5, max(0.0, deadline - time.monotonic())))
+            except TimeoutError:
+                if self._stopping:
+                    return {"outcome": "skipped", "message": "the firewall is stopping"}
+                if time.monotonic() >= deadline:
+                    return {"outcome": "pending", "message": f"the firewall thread did not answer within {timeout:g}s"}
 
     def snapshot(self) -> list[Ban]:
         """The active bans now (copies)."""
@@ -225,7 +292,12 @@ class BanManager:
                     self._cond.wait(max(0.0, wake - time.time()))
                 requests, self._queue = self._queue, []
                 stopping = self._stopping
+                if requests:
+                    self._cond.notify_all()  # room again for submitters waiting with overflow = "block"
+            overflow = self.queue_stats.settle(0, 0)
             try:
+                if overflow is not None:
+                    self._report([overflow])
                 if requests:
                     self._handle(requests)
                 now = time.time()
@@ -241,8 +313,8 @@ class BanManager:
                     if not self._queue:
                         return
 
-    def _reconcile(self, first: bool = False) -> None:
-        """Make the kernel sets hold exactly the active bans (bulk); on failure, back off."""
+    def _reconcile(self, first: bool = False) -> bool:
+        """Make the kernel sets hold exactly the active bans (bulk); on failure, back off.  True if done."""
         assert self._store is not None
         if first:
             self._forget_previous_backend()
@@ -255,7 +327,7 @@ class BanManager:
             self.backend.restore(elements)
         except BackendError as exc:
             self._failed(str(exc))
-            return
+            return False
         self._store.mark_applied()
         with self._lock:
             for b in bans:
@@ -275,6 +347,7 @@ class BanManager:
         if was_failing:
             log.warning("firewall changes work again; %d waiting requests are now in effect", len(self._waiting))
         self._settle_waiting(now)
+        return True
 
     def _forget_previous_backend(self) -> None:
         """If another backend held the bans last time, remove its table/chain and sets."""
@@ -313,6 +386,7 @@ class BanManager:
         applying: list[tuple[BanRequest, str]] = []  # requests whose outcome waits for the kernel
         events: list[Event] = []
         flushes: list[BanRequest] = []
+        verifies: list[BanRequest] = []
 
         def current(target: str) -> Ban | None:
             if target in changed:
@@ -324,6 +398,9 @@ class BanManager:
         for r in requests:
             if r.kind == "flush":
                 flushes.append(r)
+                continue
+            if r.kind == "verify":
+                verifies.append(r)
                 continue
             try:
                 target = normalize(r.target)
@@ -369,6 +446,10 @@ class BanManager:
         if changed or removed:
             self._apply(changed, removed, applying, now, events)
         self._report(events)
+        if verifies:
+            reply = self._verify(time.time())
+            for r in verifies:
+                r.answer(**reply)
         for r in flushes:
             r.answer("success", "flushed")
 
@@ -482,6 +563,73 @@ class BanManager:
                     events.append(self._ban_outcome(r, ban, "success", message, reason="applied after retry", now=now))
         self._waiting.clear()
         self._report(events)
+
+    def _verify(self, now: float) -> Reply:
+        """The kernel's members against the bans; a bulk reload if they differ (firewall thread)."""
+        if not self.healthy:
+            return {"outcome": "skipped", "message": "the firewall is failing; the retry reloads it anyway"}
+        try:
+            kernel = self.backend.members()
+        except BackendError as exc:
+            self._failed(str(exc))
+            return {"outcome": "failed", "message": f"cannot list the firewall's members: {exc}"}
+        with self._lock:
+            bans = list(self.bans.values())
+        known = {b.target for b in bans}
+        settled = [b for b in bans if b.applied and (b.expires is None or b.expires > now + EXPIRY_SLACK)]
+        expected = [Element(b.target, None if b.expires is None else 1) for b in settled]
+        if not self.backend.overlapping_networks:
+            expected = maximal(expected)  # networks inside another are not in such sets
+        missing = sorted(e.target for e in expected if e.target not in kernel)
+        unexpected = sorted(t for t in kernel if t not in known)
+        weakened = sorted(e.target for e in expected if e.timeout is None and kernel.get(e.target, None) is not None)
+        if not (missing or unexpected or weakened):
+            self.stats["verified"] += 1
+            return {"outcome": "ok", "message": f"the firewall holds the {len(kernel)} bans it should"}
+        drift = (
+            f"{len(missing)} bans missing, {len(unexpected)} unknown members, {len(weakened)} permanent bans expiring"
+        )
+        log.warning("firewall drifted from Sentinel's bans (%s); reloading it", drift)
+        self.stats["drift"] += len(missing) + len(unexpected) + len(weakened)
+        repaired = self._reconcile()
+        if repaired:
+            self.stats["repairs"] += 1
+        message = f"firewall drifted from Sentinel's bans: {drift}; " + (
+            "reloaded" if repaired else f"reload failed: {self.last_error}"
+        )
+        event: Event = {
+            "@timestamp": epoch_to_utc(now),
+            "event.kind": "event",
+            "event.category": ["configuration"],
+            "event.type": ["change"],
+            "event.action": REPAIRED,
+            "event.outcome": "success" if repaired else "failure",
+            "event.dataset": "sentinel.response",
+            "event.reason": "drift",
+            "message": message,
+            "sentinel.dry_run": False,
+            "sentinel.firewall.backend": self.backend.name,
+            "sentinel.firewall.origin": "reconcile",
+        }
+        if not repaired and self.last_error:
+            event["error.message"] = self.last_error
+        event["event.id"] = blake2b(f"{REPAIRED}|{now}|{drift}".encode(), digest_size=8).hexdigest()
+        event["sentinel.firewall.missing"] = missing[:REPAIR_LIST_MAX]
+        event["sentinel.firewall.unexpected"] = unexpected[:REPAIR_LIST_MAX]
+        event["sentinel.firewall.weakened"] = weakened[:REPAIR_LIST_MAX]
+        event["sentinel.firewall.drift"] = {
+            "missing": len(missing),
+            "unexpected": len(unexpected),
+            "weakened": len(weakened),
+        }
+        self._report([event])
+        return {
+            "outcome": "repaired" if repaired else "failed",
+            "message": event["message"],
+            "missing": missing,
+            "unexpected": unexpected,
+            "weakened": weakened,
+        }
 
     def _needs_reload(self, changed: dict[str, Ban], removed: dict[str, Ban]) -> bool:
         """True when a changed network overlaps another (sets without overlap need a full reload)."""
@@ -636,6 +784,25 @@ class BanManager:
             reason="removed",
             error=error,
             pending=error is not None,
+            **self._common(r),
+        )
+
+    def _queue_full(self, r: BanRequest) -> Event:
+        """A request refused because the queue is full (``overflow = "drop_newest"``)."""
+        message = f"{r.kind} of {r.target} not queued: the firewall queue is full ({self.settings.queue_size} requests)"
+        log.debug("%s", message, extra={"origin": r.origin})
+        self.stats["dropped"] += 1
+        r.answer("failed", message)
+        return ban_event(
+            r.kind,
+            "failure",
+            r.target,
+            message=message,
+            reason="queue full",
+            error="the firewall thread is not taking requests",
+            duration=r.duration,
+            permanent=r.permanent,
+            offence=r.offence,
             **self._common(r),
         )
 

@@ -28,6 +28,9 @@ from sentinel.responders.firewall.settings import FirewallSettings
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
+    from sentinel.queues import QueueStats
+    from sentinel.scheduler import JobSpec
+
 log = logging.getLogger(__name__)
 
 #: File of the ban state, in the state directory.
@@ -80,6 +83,31 @@ class FirewallResponder(Responder):
     def stop(self, timeout: float) -> None:
         self.manager.stop(timeout)
 
+    def jobs(self) -> list[JobSpec]:
+        """The periodic comparison of the kernel with the bans (``[firewall] reconcile_interval``)."""
+        from sentinel.scheduler import JobSpec
+
+        interval = self.settings.reconcile_interval
+        if interval <= 0:
+            return []
+        return [
+            JobSpec(
+                "firewall-reconcile",
+                self.reconcile,
+                interval,
+                description=f"compare the kernel's sets with the bans every {interval:g}s, repair drift",
+            )
+        ]
+
+    def reconcile(self) -> None:
+        """One comparison (the job); raises when it could not be done, so the scheduler counts it."""
+        reply = self.manager.verify(REPLY_TIMEOUT * 6)
+        if reply["outcome"] in ("failed", "pending"):
+            raise RuntimeError(reply["message"])
+
+    def queues(self) -> list[QueueStats]:
+        return [self.manager.queue_stats]
+
     def metrics(self) -> Iterator[Metric]:
         """Prometheus families (for ``MetricsSources.extra``), read from the manager's counters."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -91,9 +119,14 @@ class FirewallResponder(Responder):
             "sentinel_firewall_pending", "Bans and unbans not yet in the kernel (retried)", value=status["pending"]
         )
         changes = CounterMetricFamily("sentinel_firewall_changes", "Firewall outcomes by kind", labels=["kind"])
-        for kind in ("bans", "unbans", "refused", "failures"):
+        for kind in ("bans", "unbans", "refused", "failures", "dropped", "repairs"):
             changes.add_metric([kind], self.manager.stats[kind])
         yield changes
+        yield CounterMetricFamily(
+            "sentinel_firewall_drift",
+            "Differences between the kernel and the bans found by reconciliation (each repaired)",
+            value=self.manager.stats["drift"],
+        )
 
     # -- control commands ---------------------------------------------------------------------------
     def control_commands(self) -> dict[str, Handler]:

@@ -46,3 +46,10 @@ class FirewallSettings(BaseModel):
     #: First wait after a failed firewall change, doubling up to ``retry_max``.
     retry_initial: Annotated[Duration, Field(gt=0)] = 1.0
     retry_max: Annotated[Duration, Field(gt=0)] = 60.0
+    #: How often the kernel's sets are compared with Sentinel's bans and repaired; 0: never.
+    reconcile_interval: Annotated[Duration, Field(ge=0, le=86400)] = 300.0
+    #: Ban and unban requests waiting for the firewall thread, at most.
+    queue_size: int = Field(default=100_000, ge=100)
+    #: When they are that many (the firewall thread is hung): "drop_newest" refuses new requests,
+    #: each recorded as a failed ban; "block" makes the detection stage wait (and so the sources).
+    overflow: Literal["block", "drop_newest"] = "drop_newest"

@@ -1,7 +1,7 @@
 """Keeping the embedded store: sealing past months, retention, online backups.
 
-:func:`maintain` is the daily job (the daemon runs it through :class:`MaintenanceJob`;
-``sentinel audit retention`` runs it by hand).  It
+:func:`maintain` is the daily job (the daemon's scheduler runs it through :class:`MaintenanceJob`,
+once a minute after start and then daily; ``sentinel audit retention`` runs it by hand).  It
 
 1. seals every finished arrival month: copies its records into ``events-YYYY-MM.db``, which is
    synced and renamed into place before the records leave the live file;
@@ -23,7 +23,6 @@ import logging
 import os
 import socket
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Any, Final
 import orjson
 
 from sentinel.event import Event
+from sentinel.scheduler import JobSpec, Scheduler
 from sentinel.store import records
 from sentinel.store.records import AUDIT_DATASET, BUCKET_BITS, GENESIS, RETENTION_ACTION
 from sentinel.store.sqlite import (
@@ -319,9 +319,10 @@ def maintain(
 
 
 class MaintenanceJob:
-    """Runs :func:`maintain` in a thread: ``first_delay`` after start, then every ``interval`` seconds.
+    """:func:`maintain` as a job of the daemon's scheduler: ``first_delay`` after start, then every ``interval``.
 
-    A failure is logged and retried at the next run; the daemon keeps going.
+    The scheduler never runs it twice at once and logs and counts a failure (retried at the
+    next run); the daemon keeps going.
     """
 
     def __init__(
@@ -341,32 +342,25 @@ class MaintenanceJob:
         self.first_delay = first_delay
         self.clock = clock
         self.last_report: MaintenanceReport | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sentinel-store-maintenance", daemon=True)
 
-    def start(self) -> None:
-        """Start the thread."""
-        self._thread.start()
+    def spec(self) -> JobSpec:
+        """The scheduler's description of this job."""
+        return JobSpec(
+            "store-maintenance",
+            self.run_once,
+            self.interval,
+            first_delay=self.first_delay,
+            description="seal finished months, drop partitions past retention, log the chain head",
+        )
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop waiting for the next run (a run in progress finishes its current step)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+    def schedule(self, scheduler: Scheduler) -> None:
+        """Register with the daemon's scheduler."""
+        scheduler.add(self.spec())
 
     def run_once(self) -> MaintenanceReport:
         """One run, now, in the caller's thread."""
         self.last_report = maintain(self.live, self.retention_days, now=self.clock(), hostname=self.hostname)
         return self.last_report
-
-    def _run(self) -> None:
-        delay = self.first_delay
-        while not self._stop.wait(delay):
-            try:
-                self.run_once()
-            except (OSError, sqlite3.Error, StoreError) as exc:
-                log.error("store maintenance failed (retrying at the next run): %s", exc)
-            delay = self.interval
 
 
 def backup(live: Path, dest: Path) -> dict[str, Any]:

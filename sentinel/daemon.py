@@ -25,7 +25,9 @@ check and the self-check that sources still advance — runs on one scheduler
 from __future__ import annotations
 
 import collections
+import fcntl
 import logging
+import os
 import signal
 import threading
 import time
@@ -618,6 +620,21 @@ def start_metrics(settings: Settings, daemon: Daemon, detection: DetectionStage)
     log.info("metrics on http://%s:%d/metrics", m.address, m.port)
 
 
+def lock_state_dir(state_dir: Path) -> int | None:
+    """Lock ``<state_dir>/sentinel.lock``: its file descriptor, or None if another daemon holds it.
+
+    Two daemons on one state directory would read every line twice and fight over checkpoints,
+    bans and rule state.  The lock goes with the descriptor (or the process, however it ends).
+    """
+    fd = os.open(state_dir / "sentinel.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def open_store(settings: Settings) -> EventStore:
     """The configured backend: the embedded SQLite store, or the spool shipping to Elasticsearch."""
     if settings.store.backend == "elasticsearch":  # imported here: the client takes 0.3 s to import
@@ -637,6 +654,19 @@ def run_daemon(settings: Settings, config_path: Path) -> int:
     except OSError as exc:
         log.error("cannot create the state directory %s: %s", state_dir, exc.strerror or exc)
         return 1
+    lock = lock_state_dir(state_dir)
+    if lock is None:
+        log.error("another sentinel is already running with the state directory %s", state_dir)
+        return 1
+    try:
+        return _run(settings, config_path)
+    finally:
+        os.close(lock)
+
+
+def _run(settings: Settings, config_path: Path) -> int:
+    """The daemon's life once its state directory is locked."""
+    state_dir = settings.daemon.state_dir
     db_path = settings.store.sqlite_path(state_dir)
     try:
         store = open_store(settings)

@@ -256,3 +256,28 @@ def test_duplicate_source_names_are_a_startup_error(
     proc = sentinel_process(cfg, env)
     assert proc.proc is not None and proc.proc.wait(10) == 2
     assert "share the name 'x'" in proc.log()
+
+
+def test_a_second_daemon_on_the_same_state_directory_refuses_to_start(
+    tmp_path: Path, sentinel_process: Callable[..., SentinelProcess]
+) -> None:
+    """Two daemons on one state directory would read every line twice and fight over checkpoints."""
+    log = tmp_path / "auth.log"
+    log.write_bytes(b"".join(sshd_line(i) for i in range(5)))
+    cfg, env = write_config(tmp_path, f'[[sources]]\ntype = "file"\npaths = ["{log}"]\nstart_at = "beginning"\n')
+    first = sentinel_process(cfg, env)
+    first.wait_log("running with")
+    second_cfg = cfg.with_name("second.toml")
+    second_cfg.write_text(cfg.read_text())
+    second = sentinel_process(second_cfg, env)
+    assert second.proc is not None and second.proc.wait(10) == 1
+    assert "another sentinel is already running with the state directory" in second.log()
+    wait_until(lambda: stored(tmp_path) == 5)
+    assert first.stop() == 0
+    # The lock goes with the process: a new daemon starts and reads nothing twice.
+    third_cfg = cfg.with_name("third.toml")  # a fresh stderr file, for wait_log
+    third_cfg.write_text(cfg.read_text())
+    third = sentinel_process(third_cfg, env)
+    third.wait_log("running with")
+    assert third.stop() == 0
+    assert stored(tmp_path) == 5

@@ -104,6 +104,21 @@ class AuditBackend(Protocol):
         ...
 
 
+#: Events per page when exporting a person's data.
+EXPORT_PAGE = 5000
+
+
+def export_pages(search: Callable[[Query], Page], user: str) -> Iterator[Hit]:
+    """Every event naming ``user``, page after page of ``search`` (how backends export)."""
+    query = Query(user=user, limit=EXPORT_PAGE)
+    while True:
+        page = search(query)
+        yield from page.hits
+        if page.next is None:
+            return
+        query = Query(user=user, limit=EXPORT_PAGE, after=page.next)
+
+
 #: ``factory(settings, store_path)`` per backend name.
 BackendFactory = Callable[["Settings", Path | None], AuditBackend]
 _FACTORIES: dict[str, BackendFactory] = {}

@@ -18,21 +18,20 @@ from __future__ import annotations
 import base64
 import contextlib
 import getpass
-import ipaddress
 import os
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from elasticsearch import Elasticsearch
 
 from sentinel.event import Event, event_id
-from sentinel.store.audit import Erasure, Hit, Page, Query
+from sentinel.responders.http import is_loopback
+from sentinel.store.audit import Erasure, Hit, Page, Query, export_pages
 from sentinel.store.base import StoreConfigError
 from sentinel.store.maintenance import audit_event
 from sentinel.store.records import AUDIT_DATASET, ERASE_ACTION, RELATED_USER, USER_FIELDS
@@ -41,21 +40,9 @@ from sentinel.wallet import register_secret
 if TYPE_CHECKING:
     from sentinel.config import ElasticsearchSettings, Settings
 
-EXPORT_PAGE: Final = 1000
-
 
 class ElasticsearchConfigError(StoreConfigError):
     """The connection cannot be set up as configured (message meant for the operator)."""
-
-
-def _loopback(url: str) -> bool:
-    host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def read_secret(es: ElasticsearchSettings, settings: Settings | None = None) -> str:
@@ -104,7 +91,7 @@ def read_secret(es: ElasticsearchSettings, settings: Settings | None = None) -> 
 def connect(es: ElasticsearchSettings, settings: Settings | None = None, *, secret: str | None = None) -> Elasticsearch:
     """A client for ``es.hosts``, authenticated as configured; no retries of its own."""
     for host in es.hosts:
-        if host.startswith("http://") and not _loopback(host):
+        if host.startswith("http://") and not is_loopback(host):
             raise ElasticsearchConfigError(
                 f"refusing plain http to {host}: events and credentials would cross the network unencrypted (use https)"
             )
@@ -213,13 +200,7 @@ class ElasticsearchAudit:
         return Page(hits, _cursor(raw[limit - 1]["sort"]) if more else None)
 
     def export_user(self, user: str) -> Iterator[Hit]:
-        query = Query(user=user, limit=EXPORT_PAGE)
-        while True:
-            page = self.search(query)
-            yield from page.hits
-            if page.next is None:
-                return
-            query = Query(user=user, limit=EXPORT_PAGE, after=page.next)
+        return export_pages(self.search, user)
 
     def erase_user(self, user: str, *, actor: str, reason: str) -> Erasure:
         """Delete ``user``'s documents (delete-by-query), then index the erasure's audit event."""

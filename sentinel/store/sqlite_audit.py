@@ -37,7 +37,7 @@ import orjson
 
 from sentinel.event import Event
 from sentinel.store import records
-from sentinel.store.audit import Erasure, Hit, Page, Query
+from sentinel.store.audit import Erasure, Hit, Page, Query, export_pages
 from sentinel.store.maintenance import audit_event, read_partition
 from sentinel.store.records import AUDIT_DATASET, BUCKET_BITS, ERASE_ACTION
 from sentinel.store.sqlite import (
@@ -54,8 +54,6 @@ from sentinel.store.sqlite import (
 #: Records listed per erasure event (keeps each event document under ~200 kB).
 ERASE_CHUNK: Final = 2000
 _MAPPED_V4: Final = b"\x00" * 10 + b"\xff\xff"
-#: Events per query while exporting a person's data.
-EXPORT_PAGE: Final = 5000
 #: A category with at most this many records in a partition drives the query through its terms.
 RARE: Final = 20_000
 
@@ -209,14 +207,8 @@ class SQLiteAudit:
         return Page(hits, _encode(page[-1][0], page[-1][1]) if more else None)
 
     def export_user(self, user: str) -> Iterator[Hit]:
-        """Every event naming ``user``, in time order (pages of 1000)."""
-        query = Query(user=user, limit=EXPORT_PAGE)
-        while True:
-            page = self.search(query)
-            yield from page.hits
-            if page.next is None:
-                return
-            query = Query(user=user, limit=EXPORT_PAGE, after=page.next)
+        """Every event naming ``user``, in time order."""
+        return export_pages(self.search, user)
 
     # -- erasure ------------------------------------------------------------------------------
 

@@ -103,7 +103,7 @@ def ensure(client: Elasticsearch, data_stream: str, policy_name: str, policy: di
         current = client.ilm.get_lifecycle(name=policy_name)[policy_name]["policy"]
     except NotFoundError:
         current = None
-    if current is None or _subset(policy, current) is False:
+    if current is None or not _subset(policy, current):
         client.ilm.put_lifecycle(name=policy_name, policy=policy)
         changed.append(f"ILM policy {policy_name}")
     template_name = data_stream

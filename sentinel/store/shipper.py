@@ -52,7 +52,7 @@ from sentinel.store.sqlite import SQLiteStore
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF: Final = 60.0
-#: Wait for more documents before sending a small batch (seconds).
+#: How long one wait for documents lasts while the spool is empty (seconds; bounds stop latency).
 LINGER: Final = 0.5
 OVERFLOW_ACTION: Final = "spool-overflow"
 RETRYABLE: Final = frozenset({429, 500, 502, 503, 504})

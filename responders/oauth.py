@@ -43,10 +43,9 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from sentinel.collectors.parsers.timestamps import epoch_to_utc
 from sentinel.engine.durations import Duration
 from sentinel.event import Event
-from sentinel.queues import HEALTH_DATASET, QueueStats
+from sentinel.queues import QueueStats, health_event
 from sentinel.responders.base import Emit, Responder
 from sentinel.responders.dry_run import response_event
 from sentinel.responders.oauth_vendors import Adapter, OAuthProviderSettings, RevocationError, build_adapter
@@ -319,19 +318,18 @@ class OAuthRevocationResponder(Responder):
             if failed
             else f"credentials check passes again: wallet {self.wallet.path.name} and {len(self.adapters)} providers"
         )
-        return {
-            "@timestamp": epoch_to_utc(now),
-            "event.kind": "event",
-            "event.category": ["configuration"],
-            "event.type": ["error"] if failed else ["info"],
-            "event.action": CHECK_ACTION,
-            "event.outcome": "failure" if failed else "success",
-            "event.dataset": HEALTH_DATASET,
-            "message": redact(message),
-            "sentinel.credentials.problems": problems,
-            "sentinel.credentials.providers": sorted(self.adapters),
-            "event.id": blake2b(orjson.dumps([CHECK_ACTION, now, problems]), digest_size=8).hexdigest(),
-        }
+        return health_event(
+            CHECK_ACTION,
+            redact(message),
+            failed=failed,
+            at=now,
+            category="configuration",
+            id_key=orjson.dumps([CHECK_ACTION, now, problems]).decode(),
+            fields={
+                "sentinel.credentials.problems": problems,
+                "sentinel.credentials.providers": sorted(self.adapters),
+            },
+        )
 
     def metrics(self) -> Iterator[Metric]:
         """Prometheus families of the credentials check (for ``MetricsSources.extra``)."""

@@ -35,7 +35,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from pathlib import Path
@@ -204,6 +204,45 @@ class QueueStats:
         }
 
 
+def health_event(
+    action: str,
+    message: str,
+    *,
+    failed: bool,
+    at: float,
+    id_key: str,
+    category: str = "process",
+    hostname: str | None = None,
+    since: float | None = None,
+    fields: Mapping[str, object] | None = None,
+) -> Event:
+    """An event Sentinel writes about its own health (dataset ``sentinel.health``).
+
+    ``failed`` sets the type (error/info) and outcome; ``since`` adds the ECS start, end and
+    duration of a period that ended at ``at``; ``id_key`` makes the deterministic ``event.id``.
+    """
+    event: Event = {
+        "@timestamp": epoch_to_utc(at),
+        "event.kind": "event",
+        "event.category": [category],
+        "event.type": ["error"] if failed else ["info"],
+        "event.action": action,
+        "event.outcome": "failure" if failed else "success",
+        "event.dataset": HEALTH_DATASET,
+    }
+    if since is not None:
+        event["event.start"] = epoch_to_utc(since)
+        event["event.end"] = epoch_to_utc(at)
+        event["event.duration"] = int((at - since) * 1e9)
+    if hostname is not None:
+        event["host.hostname"] = hostname
+    event["message"] = message
+    if fields:
+        event.update(fields)
+    event["event.id"] = blake2b(id_key.encode(), digest_size=8).hexdigest()
+    return event
+
+
 def overflow_event(stats: QueueStats, episode: Episode, took: float) -> Event:
     """The ``queue-overflow`` event of a finished episode."""
     dropped = sum(episode.dropped.values())
@@ -215,19 +254,7 @@ def overflow_event(stats: QueueStats, episode: Episode, took: float) -> Event:
         what = f"{episode.waited} {'batches' if stats.unit == 'events' else stats.unit} waited, nothing lost"
     bound = f"bound {stats.capacity} {stats.unit}, {stats.policy}"
     message = f"queue {stats.name} was full for {took:.1f}s ({bound}): {what}"
-    event: Event = {
-        "@timestamp": epoch_to_utc(ended),
-        "event.kind": "event",
-        "event.category": ["process"],
-        "event.type": ["error"] if dropped else ["info"],
-        "event.action": OVERFLOW_ACTION,
-        "event.outcome": "failure" if dropped else "success",
-        "event.dataset": HEALTH_DATASET,
-        "event.start": epoch_to_utc(episode.started),
-        "event.end": epoch_to_utc(ended),
-        "event.duration": int(took * 1e9),
-        "host.hostname": stats.hostname,
-        "message": message,
+    fields: dict[str, object] = {
         "sentinel.queue.name": stats.name,
         "sentinel.queue.policy": stats.policy,
         "sentinel.queue.capacity": stats.capacity,
@@ -236,10 +263,17 @@ def overflow_event(stats: QueueStats, episode: Episode, took: float) -> Event:
         "sentinel.queue.dropped": dropped,
     }
     if episode.dropped:
-        event["sentinel.queue.dropped_by"] = dict(episode.dropped)
-    key = f"{OVERFLOW_ACTION}|{stats.name}|{episode.started}|{stats.hostname}"
-    event["event.id"] = blake2b(key.encode(), digest_size=8).hexdigest()
-    return event
+        fields["sentinel.queue.dropped_by"] = dict(episode.dropped)
+    return health_event(
+        OVERFLOW_ACTION,
+        message,
+        failed=bool(dropped),
+        at=ended,
+        since=episode.started,
+        hostname=stats.hostname,
+        id_key=f"{OVERFLOW_ACTION}|{stats.name}|{episode.started}|{stats.hostname}",
+        fields=fields,
+    )
 
 
 def recover_episode(journal: Path, hostname: str | None = None) -> Event | None:

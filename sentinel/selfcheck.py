@@ -24,13 +24,11 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
-from hashlib import blake2b
 from typing import TYPE_CHECKING, Final
 
-from sentinel.collectors.parsers.timestamps import epoch_to_utc
 from sentinel.collectors.sources.base import PolledSource, Source
 from sentinel.event import Event
-from sentinel.queues import HEALTH_DATASET
+from sentinel.queues import health_event
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -132,27 +130,21 @@ class SourceWatch:
     def _event(self, source: Source, action: str, reason: str, backlog: int, since: float | None = None) -> Event:
         now = time.time()
         stalled = action == STALLED
-        event: Event = {
-            "@timestamp": epoch_to_utc(now),
-            "event.kind": "event",
-            "event.category": ["process"],
-            "event.type": ["error"] if stalled else ["info"],
-            "event.action": action,
-            "event.outcome": "failure" if stalled else "success",
-            "event.dataset": HEALTH_DATASET,
-            "event.reason": reason,
-            "host.hostname": self.hostname,
-            "message": f"source {source.name} {'is stalled' if stalled else 'resumed'}: {reason}",
-            "sentinel.source.name": source.name,
-            "sentinel.source.kind": source.status.kind,
-            "sentinel.source.backlog": backlog,
-        }
-        if since is not None:
-            event["event.start"] = epoch_to_utc(since)
-            event["event.end"] = epoch_to_utc(now)
-            event["event.duration"] = int((now - since) * 1e9)
-        event["event.id"] = blake2b(f"{action}|{source.name}|{now}".encode(), digest_size=8).hexdigest()
-        return event
+        return health_event(
+            action,
+            f"source {source.name} {'is stalled' if stalled else 'resumed'}: {reason}",
+            failed=stalled,
+            at=now,
+            since=since,
+            hostname=self.hostname,
+            id_key=f"{action}|{source.name}|{now}",
+            fields={
+                "event.reason": reason,
+                "sentinel.source.name": source.name,
+                "sentinel.source.kind": source.status.kind,
+                "sentinel.source.backlog": backlog,
+            },
+        )
 
     def stalled(self) -> dict[str, str]:
         """Sources flagged now, with the reason."""

@@ -349,6 +349,17 @@ def _erase(args: argparse.Namespace, settings: Settings, live: Path) -> int:
     extra = f" (and finished {result.completed} of an interrupted erasure)" if result.completed else ""
     recorded = f"; recorded as event {', '.join(result.events)}" if result.events else ""
     print(f"erased the personal data of {result.records} events{extra}{recorded} (request {result.request})")
+    if (args.backend or settings.store.backend) == "elasticsearch":
+        from sentinel.store.spool import pending_on_disk
+
+        es = settings.store.elasticsearch
+        waiting = pending_on_disk(es.spool_path(settings.daemon.state_dir))
+        if waiting:
+            print(
+                f"warning: {waiting} bytes of events are still in this host's spool, not yet in Elasticsearch; "
+                "some may name the user: run the erasure again once the spool is empty (sentinel status)",
+                file=sys.stderr,
+            )
     return 0
 
 

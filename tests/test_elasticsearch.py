@@ -514,7 +514,18 @@ start_at = "beginning"
         f"198.51.100.{i + 1}"
         for i in range(15)  # .1 to .15 are in the /28
     )
-    for text in (proc.log(), out.stdout, out.stderr):
+    # Erasure from the command line; it warns while this host's spool still holds events.
+    erase = [sys.executable, "-m", "sentinel", "audit", "erase", "-c", str(config), "--user", "admin3", "--yes"]
+    done = subprocess.run(erase, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "erased the personal data of 1 events" in done.stdout and "warning" not in done.stderr
+    spool = Spool(state / "spool", MIB)
+    spool.append([b'x\t{"@timestamp":"2026-11-22T10:00:00Z"}'])  # as if ES were down
+    spool.close()
+    again = subprocess.run(erase, env=env, capture_output=True, text=True, timeout=60)
+    assert "erased the personal data of 0 events" in again.stdout
+    assert "still in this host's spool" in again.stderr
+    for text in (proc.log(), out.stdout, out.stderr, done.stdout, done.stderr):
         assert api_key not in text
     assert "no Elasticsearch secret" not in proc.log()
 

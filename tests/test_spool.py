@@ -132,3 +132,17 @@ def test_a_blocked_writer_is_released_by_close(tmp_path: Path) -> None:
 def test_the_spool_refuses_a_bound_below_one_mebibyte(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="1 MiB"):
         Spool(tmp_path, 1000)
+
+
+def test_another_process_can_read_how_much_is_pending(tmp_path: Path) -> None:
+    from sentinel.store.spool import pending_on_disk
+
+    assert pending_on_disk(tmp_path / "none") == 0
+    spool = Spool(tmp_path, 8 * MIB)
+    spool.append(docs(30_000))  # several segments
+    _lines, end = spool.read(1234, 1 << 20, timeout=0)
+    spool.ack(end)
+    assert pending_on_disk(tmp_path) == spool.pending_bytes == (30_000 - 1234) * 101
+    drain(spool)
+    assert pending_on_disk(tmp_path) == 0
+    spool.close()

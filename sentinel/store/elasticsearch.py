@@ -10,7 +10,8 @@ Auditor semantics are those of :mod:`sentinel.store.audit`.  Erasure deletes the
 documents with delete-by-query (Elasticsearch has no hash chain to keep verifiable) and indexes
 the same ``audit-erase`` event the embedded store writes: who erased, when, why, how many — not
 whose.  Documents naming the person that are still in a running daemon's spool are shipped
-afterwards: erase again once the spool has drained (``sentinel status`` shows its depth).
+afterwards: ``sentinel audit erase`` warns while this host's spool is not empty, and erasing
+again once it has drained removes them.
 """
 
 from __future__ import annotations

@@ -68,6 +68,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def pending_on_disk(directory: Path) -> int:
+    """Bytes not yet acknowledged in the spool at ``directory`` (0 if none), read without opening it.
+
+    For other processes (``sentinel audit erase``) while the daemon owns the spool.
+    """
+    sizes: dict[int, int] = {}
+    for path in directory.glob("*" + SUFFIX):
+        with contextlib.suppress(ValueError, FileNotFoundError):
+            sizes[int(path.name[: -len(SUFFIX)])] = path.stat().st_size
+    try:
+        doc = orjson.loads((directory / CURSOR).read_bytes())
+        segment, offset = int(doc["segment"]), int(doc["offset"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        segment, offset = (min(sizes) if sizes else 0), 0
+    return sum(size for n, size in sizes.items() if n >= segment) - (offset if segment in sizes else 0)
+
+
 class Spool:
     """Append-only segment files plus an acknowledged cursor; one writer and one reader thread."""
 

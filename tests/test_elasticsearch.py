@@ -121,6 +121,14 @@ def wait_shipped(store: ShippingStore, timeout: float = 60.0) -> None:
     wait_until(lambda: store.spool.pending_bytes == 0, timeout=timeout, interval=0.1)
 
 
+def ship_all(es: ElasticsearchSettings, client: Elasticsearch, tmp_path: Path, events: list[Event]) -> None:
+    """Ship ``events`` through a ShippingStore and wait until Elasticsearch acknowledged them all."""
+    store = open_store(es, client, tmp_path)
+    commit(store, events)
+    wait_shipped(store)
+    store.close()
+
+
 def count(admin: Elasticsearch, stream: str, query: dict[str, Any] | None = None) -> int:
     admin.indices.refresh(index=stream)
     return int(admin.count(index=stream, query=query or {"match_all": {}})["count"])
@@ -194,10 +202,7 @@ def test_shipped_events_answer_the_auditor_queries_like_the_embedded_store(
     es: ElasticsearchSettings, client: Elasticsearch, server: ElasticsearchServer, tmp_path: Path
 ) -> None:
     events = auth_events(4000, 5, tmp_path)
-    store = open_store(es, client, tmp_path)
-    commit(store, events)
-    wait_shipped(store)
-    store.close()
+    ship_all(es, client, tmp_path, events)
     embedded = SQLiteStore(tmp_path / "embedded.db")
     embedded.commit_many([Batch("auth", events, {})])
     embedded.close()
@@ -349,10 +354,7 @@ def test_erasure_deletes_the_persons_documents_and_records_who_did_it(
     es: ElasticsearchSettings, client: Elasticsearch, server: ElasticsearchServer, tmp_path: Path
 ) -> None:
     events = auth_events(3000, 17, tmp_path)
-    store = open_store(es, client, tmp_path)
-    commit(store, events)
-    wait_shipped(store)
-    store.close()
+    ship_all(es, client, tmp_path, events)
     remote = ElasticsearchAudit(client, es.data_stream, "auditor-host")
     server.admin().indices.refresh(index=es.data_stream)
     user = next(e["user.name"] for e in events if e.get("user.name") and e.get("event.outcome") == "success")

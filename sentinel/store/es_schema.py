@@ -132,15 +132,16 @@ def _subset(wanted: Any, found: Any) -> bool:
     if isinstance(wanted, dict):
         if not isinstance(found, dict):
             return False
-        flat_found = _flatten_settings(found)
+        flat: dict[str, Any] | None = None
         for key, value in wanted.items():
-            if key in found:
-                if not _subset(value, found[key]):
+            if key not in found:
+                flat = flat if flat is not None else _flatten_settings(found)
+                if key not in flat:  # "index.lifecycle.name" comes back nested
                     return False
-            elif key in flat_found:  # "index.lifecycle.name" comes back nested
-                if not _subset(value, flat_found[key]):
-                    return False
+                value_found = flat[key]
             else:
+                value_found = found[key]
+            if not _subset(value, value_found):
                 return False
         return True
     if isinstance(wanted, list):

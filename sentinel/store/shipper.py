@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final, cast
 
 import orjson
@@ -40,7 +39,7 @@ from elasticsearch import ApiError, Elasticsearch, TransportError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from sentinel.collectors.sources.base import Batch
-from sentinel.config import ElasticsearchSettings
+from sentinel.config import ElasticsearchSettings, Settings
 from sentinel.event import Event, event_time
 from sentinel.store import es_schema
 from sentinel.store.elasticsearch import document
@@ -266,10 +265,10 @@ class ShippingStore:
         self.clock = clock
 
     @classmethod
-    def open(cls, settings: Any, client: Elasticsearch) -> ShippingStore:
+    def open(cls, settings: Settings, client: Elasticsearch) -> ShippingStore:
         """Open the spool under the state directory and start shipping."""
-        es: ElasticsearchSettings = settings.store.elasticsearch
-        state_dir: Path = settings.daemon.state_dir
+        es = settings.store.elasticsearch
+        state_dir = settings.daemon.state_dir
         spool = Spool(es.spool_path(state_dir), es.spool_max_bytes, es.overflow)
         checkpoints = SQLiteStore(settings.store.sqlite_path(state_dir))
         shipper = Shipper(client, es, settings.store.retention_days, spool)

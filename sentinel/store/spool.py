@@ -68,21 +68,42 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _segment_sizes(directory: Path) -> dict[int, int]:
+    """Segment number → size in bytes, of the segments in ``directory``."""
+    sizes: dict[int, int] = {}
+    for path in directory.glob("*" + SUFFIX):
+        with contextlib.suppress(ValueError, FileNotFoundError):
+            sizes[int(path.name[: -len(SUFFIX)])] = path.stat().st_size
+    return sizes
+
+
+def _read_cursor(directory: Path, sizes: dict[int, int]) -> Position:
+    """The acknowledged position (the first segment's start when none was saved yet)."""
+    try:
+        doc = orjson.loads((directory / CURSOR).read_bytes())
+        return Position(int(doc["segment"]), int(doc["offset"]))
+    except FileNotFoundError:
+        return Position(min(sizes) if sizes else 1, 0)
+    except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"the spool cursor {directory / CURSOR} is unreadable ({exc})") from None
+
+
+def _unacked(sizes: dict[int, int], cursor: Position) -> int:
+    """Bytes from ``cursor`` to the end of the last segment."""
+    total = sum(size for number, size in sizes.items() if number >= cursor.segment)
+    return total - (cursor.offset if cursor.segment in sizes else 0)
+
+
 def pending_on_disk(directory: Path) -> int:
     """Bytes not yet acknowledged in the spool at ``directory`` (0 if none), read without opening it.
 
     For other processes (``sentinel audit erase``) while the daemon owns the spool.
     """
-    sizes: dict[int, int] = {}
-    for path in directory.glob("*" + SUFFIX):
-        with contextlib.suppress(ValueError, FileNotFoundError):
-            sizes[int(path.name[: -len(SUFFIX)])] = path.stat().st_size
+    sizes = _segment_sizes(directory)
     try:
-        doc = orjson.loads((directory / CURSOR).read_bytes())
-        segment, offset = int(doc["segment"]), int(doc["offset"])
-    except (FileNotFoundError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-        segment, offset = (min(sizes) if sizes else 0), 0
-    return sum(size for n, size in sizes.items() if n >= segment) - (offset if segment in sizes else 0)
+        return _unacked(sizes, _read_cursor(directory, sizes))
+    except ValueError:
+        return sum(sizes.values())
 
 
 class Spool:
@@ -100,11 +121,8 @@ class Spool:
         self._closed = False
         #: The writer is waiting for room (``block``): not stuck, throttled on purpose.
         self.blocked_since: float | None = None
-        self._sizes: dict[int, int] = {}
-        for path in directory.glob("*" + SUFFIX):
-            with contextlib.suppress(ValueError):
-                self._sizes[int(path.name[: -len(SUFFIX)])] = path.stat().st_size
-        self.cursor = self._load_cursor()
+        self._sizes = _segment_sizes(directory)
+        self.cursor = _read_cursor(directory, self._sizes)
         for number in [n for n in self._sizes if n < self.cursor.segment]:
             self._delete(number)  # acknowledged before a crash, not yet deleted
         if not self._sizes:
@@ -118,16 +136,6 @@ class Spool:
 
     def _path(self, number: int) -> Path:
         return self.directory / f"{number:020d}{SUFFIX}"
-
-    def _load_cursor(self) -> Position:
-        try:
-            doc = orjson.loads((self.directory / CURSOR).read_bytes())
-            return Position(int(doc["segment"]), int(doc["offset"]))
-        except FileNotFoundError:
-            first = min(self._sizes) if self._sizes else 1
-            return Position(first, 0)
-        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
-            raise ValueError(f"the spool cursor {self.directory / CURSOR} is unreadable ({exc})") from None
 
     def _repair_tail(self) -> None:
         """Cut a torn last line (a crash in the middle of a write) off the head segment."""
@@ -163,7 +171,7 @@ class Spool:
             return self._pending_bytes()
 
     def _pending_bytes(self) -> int:
-        return sum(self._sizes.values()) - (self.cursor.offset if self.cursor.segment in self._sizes else 0)
+        return _unacked(self._sizes, self.cursor)
 
     # -- writing ------------------------------------------------------------------------------------
 

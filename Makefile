@@ -41,7 +41,7 @@ typecheck:
 	for d in collectors responders rules; do ln -s ../../../$$d build/typecheck/sentinel/$$d; done
 	ln -s ../../tests ../../bench build/typecheck/
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml \
-	  -p sentinel -p tests -m bench.run -m bench.bans -m bench.soak -m bench.store -m bench.es
+	  -p sentinel -p tests -m bench.run -m bench.floor -m bench.bans -m bench.soak -m bench.store -m bench.es
 
 pytest:
 	$(VENV)/bin/pytest -q
@@ -55,6 +55,7 @@ test: deps venv oidc elasticsearch lint typecheck pytest
 
 bench: deps venv
 	$(PY) bench/run.py
+	$(PY) bench/floor.py
 	$(PY) bench/bans.py
 
 # The embedded store: ingest, a two-year 10M-event query, `audit verify` (writes ~8 GB under bench/out).

@@ -293,6 +293,45 @@ def test_a_resend_after_a_crash_before_the_acknowledgement_indexes_nothing_twice
     again.close()
 
 
+@pytest.mark.parametrize("restart", [False, True], ids=["same-process", "after-restart"])
+def test_a_resend_after_a_lost_answer_and_a_rollover_indexes_nothing_twice(
+    es: ElasticsearchSettings, client: Elasticsearch, server: ElasticsearchServer, tmp_path: Path, restart: bool
+) -> None:
+    """The first batch reaches Elasticsearch but its answer is lost (a timeout, or the daemon dies);
+    the data stream rolls over before the re-send, so ``create`` alone would index the batch again
+    in the new write index."""
+    events = auth_events(2000, 11, tmp_path)
+    spool = Spool(es.spool_path(tmp_path), es.spool_max_bytes)
+    shipper = Shipper(client, es, 730, spool)
+    shipper.setup()
+    store = ShippingStore(SQLiteStore(tmp_path / "events.db"), spool, shipper)
+    commit(store, events)
+    bulk = shipper._bulk
+
+    def answer_lost(docs: Any) -> list[dict[str, Any]]:
+        bulk(docs)
+        raise TimeoutError("the answer was lost")
+
+    shipper._bulk = answer_lost  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError):
+        shipper.ship_once(0)
+    shipper._bulk = bulk  # type: ignore[method-assign]
+    admin = server.admin()
+    admin.indices.rollover(alias=es.data_stream)
+    if restart:
+        store.close()
+        spool = Spool(es.spool_path(tmp_path), es.spool_max_bytes)
+        shipper = Shipper(client, es, 730, spool)
+        store = ShippingStore(SQLiteStore(tmp_path / "events.db"), spool, shipper)
+    while shipper.ship_once(0):
+        pass
+    store.close()
+    assert len(admin.indices.get_data_stream(name=es.data_stream)["data_streams"][0]["indices"]) == 2
+    assert shipper.stats.duplicates == es.bulk_max_docs  # the lost batch, found in the old backing index
+    assert count(admin, es.data_stream) == len(events)
+    assert duplicated_ids(admin, es.data_stream) == []
+
+
 def test_a_refused_document_is_kept_as_a_pipeline_error_event(
     es: ElasticsearchSettings, client: Elasticsearch, server: ElasticsearchServer, tmp_path: Path
 ) -> None:

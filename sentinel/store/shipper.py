@@ -20,8 +20,11 @@ an ``event.kind: pipeline_error`` event holding the original JSON in ``event.ori
 reason in ``error.message``.  Until Elasticsearch is reachable the spool grows (bounded; its
 overflow policy applies) and the shipper retries with backoff up to a minute.
 
-Re-sends are idempotent within one backing index: a re-send that straddles a rollover (the
-write index changed between the first attempt and the retry) can index a document twice.
+``create`` with the same ``_id`` is refused only within one backing index: a re-send after the
+data stream rolled over would land in the new write index beside the first copy.  So documents
+that may have been sent already (the spool records how far each send went before it starts:
+after a crash, a timeout or a lost answer) are first looked up by id across the whole data stream
+(after a refresh), and those found count as duplicates without being sent again.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ MAX_BACKOFF: Final = 60.0
 LINGER: Final = 0.5
 OVERFLOW_ACTION: Final = "spool-overflow"
 RETRYABLE: Final = frozenset({429, 500, 502, 503, 504})
+#: Ids looked up per search when checking a re-send (within the default max_result_window).
+ID_LOOKUP_CHUNK: Final = 10_000
 
 
 @dataclass
@@ -151,18 +156,28 @@ class Shipper:
     def ship_once(self, timeout: float) -> int:
         """Send one batch from the spool (waiting up to ``timeout`` for one); documents acknowledged."""
         es = self.settings
+        resending = self.spool.resending
         lines, end = self.spool.read(es.bulk_max_docs, es.bulk_max_bytes, timeout)
         if not lines:
             return 0
-        self._deliver(lines)
+        self.spool.mark_sent(end)
+        self._deliver(lines, resending)
         self.spool.ack(end)
         self.stats.last_success = time.time()
         self.stats.last_error = None
         return len(lines)
 
-    def _deliver(self, lines: Sequence[bytes]) -> None:
-        """Bulk-create ``lines`` until each is created, a duplicate, or re-indexed as an error event."""
+    def _deliver(self, lines: Sequence[bytes], resending: bool = False) -> None:
+        """Bulk-create ``lines`` until each is created, a duplicate, or re-indexed as an error event.
+
+        ``resending``: some may be in the data stream already, maybe in an older backing index.
+        """
         pending = [_split(line) for line in lines]
+        if resending:
+            present = self._present([eid for eid, _ in pending])
+            if present:
+                self.stats.duplicates += len(present)
+                pending = [(eid, body) for eid, body in pending if eid not in present]
         delay = 0.5
         while pending:
             retry: list[tuple[str, bytes]] = []
@@ -189,6 +204,24 @@ class Shipper:
                 if self._stop.wait(delay):
                     raise SpoolClosed  # stopping: the unacknowledged rest stays spooled
                 delay = min(delay * 2, MAX_BACKOFF)
+
+    def _present(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` the data stream holds, in any of its backing indices."""
+        stream = self.settings.data_stream
+        self.client.indices.refresh(index=stream, ignore_unavailable=True)  # earlier writes become searchable
+        found: set[str] = set()
+        for i in range(0, len(ids), ID_LOOKUP_CHUNK):
+            chunk = ids[i : i + ID_LOOKUP_CHUNK]
+            response = self.client.search(
+                index=stream,
+                query={"ids": {"values": chunk}},
+                source=False,
+                size=len(chunk),
+                track_total_hits=False,
+                ignore_unavailable=True,
+            )
+            found.update(hit["_id"] for hit in response["hits"]["hits"])
+        return found
 
     def _bulk(self, docs: Sequence[tuple[str, bytes]]) -> list[dict[str, Any]]:
         ops: list[bytes] = []

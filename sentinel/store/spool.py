@@ -4,14 +4,18 @@ Layout of the spool directory::
 
     00000000000000000001.ndjson   segments: one document per line, appended and fsynced
     00000000000000000002.ndjson   (a new segment every SEGMENT_BYTES)
-    cursor.json                   how far the shipper has been acknowledged: segment and offset
+    cursor.json                   how far the shipper has been acknowledged (segment and offset),
+                                  and how far it has sent documents not yet acknowledged
 
 The writer (the daemon's writer thread) appends a batch and fsyncs before the sources'
 checkpoints are committed, so a line whose checkpoint moved on is on disk.  The reader (the
 shipper thread) reads from the cursor and moves it only once the receiver has acknowledged the
 documents (:meth:`Spool.ack`): a crash before that sends them again — deterministic ids make the
-re-send idempotent.  A torn last line from a crash during a write is cut off when the spool is
-reopened; its batch's checkpoint was not committed, so its source reads it again.
+re-send idempotent.  Before each send the reader records how far it sends (:meth:`Spool.mark_sent`),
+so that after a crash or a lost answer it knows which documents may already be at the receiver
+(:attr:`Spool.resending`) and can check for them first.  A torn last line from a crash during a
+write is cut off when the spool is reopened; its batch's checkpoint was not committed, so its
+source reads it again.
 
 Bounded: when the unacknowledged segments reach ``max_bytes`` the ``overflow`` policy applies.
 ``block`` makes :meth:`Spool.append` wait for the shipper (the pipeline slows to the receiver's
@@ -44,7 +48,7 @@ class SpoolClosed(Exception):
     """The spool was closed while a writer waited for room."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class Position:
     """A place in the spool: a segment number and a byte offset in it."""
 
@@ -77,14 +81,18 @@ def _segment_sizes(directory: Path) -> dict[int, int]:
     return sizes
 
 
-def _read_cursor(directory: Path, sizes: dict[int, int]) -> Position:
-    """The acknowledged position (the first segment's start when none was saved yet)."""
+def _read_cursor(directory: Path, sizes: dict[int, int]) -> tuple[Position, Position]:
+    """The acknowledged position (the first segment's start when none was saved yet), and how far
+    documents were sent (the same position when nothing beyond it was)."""
     try:
         doc = orjson.loads((directory / CURSOR).read_bytes())
-        return Position(int(doc["segment"]), int(doc["offset"]))
+        cursor = Position(int(doc["segment"]), int(doc["offset"]))
+        sent = doc.get("sent")
+        return cursor, cursor if sent is None else max(cursor, Position(int(sent[0]), int(sent[1])))
     except FileNotFoundError:
-        return Position(min(sizes) if sizes else 1, 0)
-    except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+        start = Position(min(sizes) if sizes else 1, 0)
+        return start, start
+    except (ValueError, KeyError, TypeError, IndexError, orjson.JSONDecodeError) as exc:
         raise ValueError(f"the spool cursor {directory / CURSOR} is unreadable ({exc})") from None
 
 
@@ -101,7 +109,7 @@ def pending_on_disk(directory: Path) -> int:
     """
     sizes = _segment_sizes(directory)
     try:
-        return _unacked(sizes, _read_cursor(directory, sizes))
+        return _unacked(sizes, _read_cursor(directory, sizes)[0])
     except ValueError:
         return sum(sizes.values())
 
@@ -122,7 +130,7 @@ class Spool:
         #: The writer is waiting for room (``block``): not stuck, throttled on purpose.
         self.blocked_since: float | None = None
         self._sizes = _segment_sizes(directory)
-        self.cursor = _read_cursor(directory, self._sizes)
+        self.cursor, self._sent = _read_cursor(directory, self._sizes)
         for number in [n for n in self._sizes if n < self.cursor.segment]:
             self._delete(number)  # acknowledged before a crash, not yet deleted
         if not self._sizes:
@@ -273,10 +281,25 @@ class Spool:
             used = cut + 1
         return lines, Position(position.segment, position.offset + used)
 
+    @property
+    def resending(self) -> bool:
+        """The next documents to read may have been sent already (a crash or a lost answer came
+        between sending them and the acknowledgement)."""
+        with self._cond:
+            return self.cursor < self._sent
+
+    def mark_sent(self, position: Position) -> None:
+        """The documents before ``position`` are about to be sent: remember it (on disk) until
+        they are acknowledged."""
+        with self._cond:
+            if position > self._sent:
+                self._sent = position
+                self._save_cursor()
+
     def ack(self, position: Position) -> None:
         """The documents before ``position`` are delivered: persist the cursor, free whole segments."""
         with self._cond:
-            if (position.segment, position.offset) <= (self.cursor.segment, self.cursor.offset):
+            if position <= self.cursor:
                 return  # a drop_oldest moved past it meanwhile
             self.cursor = position
             self._save_cursor()
@@ -287,7 +310,10 @@ class Spool:
     def _save_cursor(self) -> None:
         tmp = self.directory / (CURSOR + ".tmp")
         with open(tmp, "wb") as fh:
-            fh.write(orjson.dumps({"segment": self.cursor.segment, "offset": self.cursor.offset}))
+            doc: dict[str, object] = {"segment": self.cursor.segment, "offset": self.cursor.offset}
+            if self._sent > self.cursor:
+                doc["sent"] = [self._sent.segment, self._sent.offset]
+            fh.write(orjson.dumps(doc))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.directory / CURSOR)

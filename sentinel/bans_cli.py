@@ -107,17 +107,7 @@ def _saved_state(db: Path, limit: int | None) -> dict[str, Any] | None:
         bans = bans[:limit]
     return {
         "status": {"manages": f"{backend or 'unknown'} (daemon not running)", "active": len(bans), "saved": True},
-        "bans": [
-            {
-                "target": b.target,
-                "expires": b.expires,
-                "created": b.created,
-                "offence": b.offence,
-                "origin": b.origin,
-                "applied": b.applied,
-            }
-            for b in bans
-        ],
+        "bans": [b.summary() for b in bans],
     }
 
 

@@ -224,31 +224,36 @@ def _config_path(arg: Path | None) -> Path:
     return Path(env) if env else Path("/etc/sentinel/config.toml")
 
 
-def _cmd_check_config(args: argparse.Namespace) -> int:
+def _settings(arg: Path | None, *, required: bool = False) -> Settings | None:
+    """The configuration from ``-c``, $SENTINEL_CONFIG or the default file; ``None`` (after saying
+    why) when it is bad.  Unless ``required``, a missing default file means the built-in defaults
+    (for commands that merely read the configuration)."""
     from sentinel.config import ConfigError, load_settings
 
-    path = _config_path(args.config)
+    path = _config_path(arg)
     try:
-        settings = load_settings(path)
+        return load_settings(path if required or arg is not None or path.exists() else None)
     except ConfigError as exc:
         print(f"sentinel: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args.config, required=True)
+    if settings is None:
         return 2
     if args.show:
         print(settings.model_dump_json(indent=2))
     else:
-        print(f"{path}: configuration is valid ({len(settings.sources)} sources)")
+        print(f"{_config_path(args.config)}: configuration is valid ({len(settings.sources)} sources)")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sentinel.config import ConfigError, load_settings
-
-    path = _config_path(args.config)
-    try:
-        settings = load_settings(path)
-    except ConfigError as exc:
-        print(f"sentinel: {exc}", file=sys.stderr)
+    settings = _settings(args.config, required=True)
+    if settings is None:
         return 2
+    path = _config_path(args.config)
     if args.wallet_password_fd is not None:
         os.environ["SENTINEL_WALLET_PASSWORD_FD"] = str(args.wallet_password_fd)
     from sentinel.daemon import run_daemon
@@ -267,18 +272,6 @@ def _cmd_parse(args: argparse.Namespace) -> int:
         show_stats=args.stats,
         jobs=args.jobs,
     )
-
-
-def _settings(arg: Path | None) -> Settings | None:
-    """The configuration for commands that merely read it: a missing default file is fine."""
-    from sentinel.config import ConfigError, load_settings
-
-    path = _config_path(arg)
-    try:
-        return load_settings(path if arg is not None or path.exists() else None)
-    except ConfigError as exc:
-        print(f"sentinel: {exc}", file=sys.stderr)
-        return None
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:

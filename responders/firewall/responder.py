@@ -139,17 +139,7 @@ class FirewallResponder(Responder):
             bans = bans[:limit]
         return {
             "status": self.manager.status(),
-            "bans": [
-                {
-                    "target": b.target,
-                    "expires": b.expires,
-                    "created": b.created,
-                    "offence": b.offence,
-                    "origin": b.origin,
-                    "applied": b.applied,
-                }
-                for b in bans
-            ],
+            "bans": [b.summary() for b in bans],
         }
 
     def _add(self, args: dict[str, Any], peer: Peer) -> Reply:

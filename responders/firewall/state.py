@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bans (
@@ -49,6 +50,17 @@ class Ban:
     def remaining(self, now: float) -> float | None:
         """Seconds left (None: permanent)."""
         return None if self.expires is None else self.expires - now
+
+    def summary(self) -> dict[str, Any]:
+        """What ``sentinel bans list`` shows of the ban (the control socket's answer, or the saved state's)."""
+        return {
+            "target": self.target,
+            "expires": self.expires,
+            "created": self.created,
+            "offence": self.offence,
+            "origin": self.origin,
+            "applied": self.applied,
+        }
 
 
 class BanStore:

@@ -112,6 +112,14 @@ def open_store(
     return ShippingStore(SQLiteStore(tmp_path / "events.db"), spool, shipper, "test-host")
 
 
+def driven_store(es: ElasticsearchSettings, client: Elasticsearch, tmp_path: Path) -> ShippingStore:
+    """A ShippingStore whose shipper the test drives itself (set up; its thread not started)."""
+    spool = Spool(es.spool_path(tmp_path), es.spool_max_bytes)
+    shipper = Shipper(client, es, 730, spool)
+    shipper.setup()
+    return ShippingStore(SQLiteStore(tmp_path / "events.db"), spool, shipper)
+
+
 def commit(store: ShippingStore, events: list[Event], size: int = 700) -> None:
     for i in range(0, len(events), size):
         store.commit_many([Batch("auth", events[i : i + size], {"offset": i + size})])
@@ -274,10 +282,8 @@ def test_a_resend_after_a_crash_before_the_acknowledgement_indexes_nothing_twice
     es: ElasticsearchSettings, client: Elasticsearch, server: ElasticsearchServer, tmp_path: Path
 ) -> None:
     events = auth_events(2000, 9, tmp_path)
-    spool = Spool(es.spool_path(tmp_path), es.spool_max_bytes)
-    shipper = Shipper(client, es, 730, spool)
-    shipper.setup()
-    store = ShippingStore(SQLiteStore(tmp_path / "events.db"), spool, shipper)
+    store = driven_store(es, client, tmp_path)
+    spool, shipper = store.spool, store.shipper
     commit(store, events)
     lines, _end = spool.read(len(events), 1 << 30, timeout=0)
     shipper._deliver(lines)  # delivered, then the process dies before spool.ack
@@ -301,10 +307,8 @@ def test_a_resend_after_a_lost_answer_and_a_rollover_indexes_nothing_twice(
     the data stream rolls over before the re-send, so ``create`` alone would index the batch again
     in the new write index."""
     events = auth_events(2000, 11, tmp_path)
-    spool = Spool(es.spool_path(tmp_path), es.spool_max_bytes)
-    shipper = Shipper(client, es, 730, spool)
-    shipper.setup()
-    store = ShippingStore(SQLiteStore(tmp_path / "events.db"), spool, shipper)
+    store = driven_store(es, client, tmp_path)
+    shipper = store.shipper
     commit(store, events)
     bulk = shipper._bulk
 
@@ -320,9 +324,8 @@ def test_a_resend_after_a_lost_answer_and_a_rollover_indexes_nothing_twice(
     admin.indices.rollover(alias=es.data_stream)
     if restart:
         store.close()
-        spool = Spool(es.spool_path(tmp_path), es.spool_max_bytes)
-        shipper = Shipper(client, es, 730, spool)
-        store = ShippingStore(SQLiteStore(tmp_path / "events.db"), spool, shipper)
+        store = driven_store(es, client, tmp_path)
+        shipper = store.shipper
     while shipper.ship_once(0):
         pass
     store.close()

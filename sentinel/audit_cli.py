@@ -334,32 +334,35 @@ def _export(args: argparse.Namespace, settings: Settings, live: Path) -> int:
 
 
 def _erase(args: argparse.Namespace, settings: Settings, live: Path) -> int:
+    from sentinel.state_lock import daemon_running
     from sentinel.store.audit import open_backend
+    from sentinel.store.withhold import spooled_naming, wait_for_in_flight, withhold
 
     backend = open_backend(settings, args.backend, args.store)
+    # On Elasticsearch, documents still in this host's spool are withheld from shipping first.
+    spool = None
+    if (args.backend or settings.store.backend) == "elasticsearch":
+        spool = settings.store.elasticsearch.spool_path(settings.daemon.state_dir)
     try:
         if not args.yes:
             count = sum(1 for _ in backend.export_user(args.user))
-            print(f"{count} events name {args.user}; run again with --yes to erase their personal data")
+            spooled = f" (and {len(spooled_naming(spool, args.user))} not yet shipped)" if spool else ""
+            print(f"{count} events name {args.user}{spooled}; run again with --yes to erase their personal data")
             return 0
         actor = args.actor or os.environ.get("SUDO_USER") or getpass.getuser()
+        withheld = 0
+        if spool is not None:
+            withheld = withhold(spool, args.user)
+            if withheld and not wait_for_in_flight(spool, daemon_running(settings.daemon.state_dir)):
+                print("warning: the daemon's bulk request in flight was not answered within 30 s", file=sys.stderr)
         result = backend.erase_user(args.user, actor=actor, reason=args.reason)
     finally:
         backend.close()
     extra = f" (and finished {result.completed} of an interrupted erasure)" if result.completed else ""
     recorded = f"; recorded as event {', '.join(result.events)}" if result.events else ""
     print(f"erased the personal data of {result.records} events{extra}{recorded} (request {result.request})")
-    if (args.backend or settings.store.backend) == "elasticsearch":
-        from sentinel.store.spool import pending_on_disk
-
-        es = settings.store.elasticsearch
-        waiting = pending_on_disk(es.spool_path(settings.daemon.state_dir))
-        if waiting:
-            print(
-                f"warning: {waiting} bytes of events are still in this host's spool, not yet in Elasticsearch; "
-                "some may name the user: run the erasure again once the spool is empty (sentinel status)",
-                file=sys.stderr,
-            )
+    if withheld:
+        print(f"{withheld} events naming {args.user} in this host's spool will never be shipped")
     return 0
 
 

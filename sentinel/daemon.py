@@ -25,7 +25,6 @@ check and the self-check that sources still advance — runs on one scheduler
 from __future__ import annotations
 
 import collections
-import fcntl
 import logging
 import os
 import signal
@@ -57,6 +56,7 @@ from sentinel.responders.base import Responder
 from sentinel.scheduler import JobSpec, Scheduler
 from sentinel.sdnotify import Notifier
 from sentinel.selfcheck import SourceWatch
+from sentinel.state_lock import lock_state_dir
 from sentinel.status import RecentRecords, StatusProvider
 from sentinel.store import MaintenanceJob, SQLiteStore
 from sentinel.store.base import EventStore, StoreConfigError
@@ -618,21 +618,6 @@ def start_metrics(settings: Settings, daemon: Daemon, detection: DetectionStage)
         log.error("metrics endpoint %s:%d unavailable: %s", m.address, m.port, exc.strerror or exc)
         return
     log.info("metrics on http://%s:%d/metrics", m.address, m.port)
-
-
-def lock_state_dir(state_dir: Path) -> int | None:
-    """Lock ``<state_dir>/sentinel.lock``: its file descriptor, or None if another daemon holds it.
-
-    Two daemons on one state directory would read every line twice and fight over checkpoints,
-    bans and rule state.  The lock goes with the descriptor (or the process, however it ends).
-    """
-    fd = os.open(state_dir / "sentinel.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def open_store(settings: Settings) -> EventStore:

@@ -108,7 +108,8 @@ def print_status(result: dict[str, Any], out: Callable[[str], None] = print) -> 
         out(
             f"Elasticsearch: spool {shipping['spool_bytes']} bytes, lag {'none' if lag is None else f'{lag:.0f}s'}; "
             f"shipped={shipping['shipped']} duplicates={shipping['duplicates']} "
-            f"pipeline_errors={shipping['pipeline_errors']} dropped={shipping['dropped']}"
+            f"pipeline_errors={shipping['pipeline_errors']} dropped={shipping['dropped']} "
+            f"withheld={shipping['withheld']}"
             + (f"  ERROR: {shipping['last_error']}" if shipping["last_error"] else "")
         )
     if result.get("jobs"):

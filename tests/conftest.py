@@ -25,6 +25,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: f
         time.sleep(interval)
 
 
+def require_root(why: str) -> None:
+    """Skip the calling test unless it runs as root; under ``CI=true`` (which runs as root) fail instead."""
+    if os.geteuid() == 0:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI prerequisite missing: root ({why})")
+    pytest.skip(f"needs root: {why}")
+
+
 def sshd_line(seq: int) -> bytes:
     """A failed-password syslog line that parses to one event whose ``process.pid`` is ``seq``."""
     return (

@@ -27,12 +27,20 @@ from sentinel.collectors.sources.base import Batch
 from sentinel.config import ElasticsearchSettings
 from sentinel.event import Event, event_id
 from sentinel.store.audit import Query, parse_network
-from sentinel.store.elasticsearch import ElasticsearchAudit, ElasticsearchConfigError, connect, read_secret
+from sentinel.store.elasticsearch import (
+    ElasticsearchAudit,
+    ElasticsearchConfigError,
+    connect,
+    read_secret,
+    user_query,
+)
 from sentinel.store.es_schema import ilm_policy
+from sentinel.store.records import users
 from sentinel.store.shipper import OVERFLOW_ACTION, Shipper, ShippingStore
 from sentinel.store.spool import Spool
 from sentinel.store.sqlite import SQLiteStore
 from sentinel.store.sqlite_audit import SQLiteAudit
+from sentinel.store.withhold import WITHHELD, wait_for_in_flight, withhold
 from tests.conftest import clean_env, wait_until
 from tests.es_server import ElasticsearchServer
 from tests.oidc.provider import free_port
@@ -415,6 +423,38 @@ def test_erasure_deletes_the_persons_documents_and_records_who_did_it(
     assert user not in orjson.dumps(doc).decode()
 
 
+def test_documents_of_an_erased_person_still_in_the_spool_are_never_shipped(
+    es: ElasticsearchSettings, client: Elasticsearch, server: ElasticsearchServer, tmp_path: Path
+) -> None:
+    """Half the events are shipped, half still wait in the spool (Elasticsearch lagging) when the
+    erasure runs, as ``sentinel audit erase`` does it: withhold, then delete-by-query."""
+    events = auth_events(3000, 19, tmp_path)
+    user = next(e["user.name"] for e in events if e.get("user.name") and e.get("event.outcome") == "success")
+    naming = sum(1 for e in events if user in users(e))
+    half = len(events) // 2
+    store = driven_store(es, client, tmp_path)
+    commit(store, events[:half])
+    while store.shipper.ship_once(0):
+        pass
+    commit(store, events[half:])
+    spooled = sum(1 for e in events[half:] if user in users(e))
+    assert 0 < spooled < naming
+
+    assert withhold(es.spool_path(tmp_path), user) == spooled
+    assert wait_for_in_flight(es.spool_path(tmp_path), daemon_running=False)
+    remote = ElasticsearchAudit(client, es.data_stream, "auditor-host")
+    assert remote.erase_user(user, actor="dpo@example.org", reason="request #43").records == naming - spooled
+    while store.shipper.ship_once(0):
+        pass
+    assert store.shipper.stats.withheld == spooled
+    store.shipper.ship_once(0)  # the spool is empty: the withheld ids are forgotten
+    assert (es.spool_path(tmp_path) / WITHHELD).read_bytes() == b""
+    store.close()
+    admin = server.admin()
+    assert count(admin, es.data_stream, user_query(user)) == 0
+    assert count(admin, es.data_stream) == len(events) - naming + 1  # and the erasure's audit event
+
+
 # -- TLS and credentials ------------------------------------------------------------------------
 
 
@@ -568,17 +608,22 @@ def test_sentinel_run_ships_to_elasticsearch_and_audit_queries_it(
         f"198.51.100.{i + 1}"
         for i in range(15)  # .1 to .15 are in the /28
     )
-    # Erasure from the command line; it warns while this host's spool still holds events.
+    # Erasure from the command line; what still waits in this host's spool is withheld.
     erase = [sys.executable, "-m", "sentinel", "audit", "erase", "-c", str(config), "--user", "admin3", "--yes"]
     done = subprocess.run(erase, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "erased the personal data of 1 events" in done.stdout and "warning" not in done.stderr
+    assert "never be shipped" not in done.stdout
     spool = Spool(state / "spool", MIB)
-    spool.append([b'x\t{"@timestamp":"2026-11-22T10:00:00Z"}'])  # as if ES were down
+    waiting = {"@timestamp": "2026-11-22T10:00:00Z", "user.name": "admin3", "message": "as if ES were down"}
+    spool.append([b"waiting1\t" + orjson.dumps(waiting)])
     spool.close()
+    count_only = subprocess.run(erase[:-1], env=env, capture_output=True, text=True, timeout=60)
+    assert "0 events name admin3 (and 1 not yet shipped)" in count_only.stdout, count_only.stderr
     again = subprocess.run(erase, env=env, capture_output=True, text=True, timeout=60)
-    assert "erased the personal data of 0 events" in again.stdout
-    assert "still in this host's spool" in again.stderr
+    assert "erased the personal data of 0 events" in again.stdout, again.stderr
+    assert "1 events naming admin3 in this host's spool will never be shipped" in again.stdout
+    assert (state / "spool" / WITHHELD).read_text() == "waiting1\n"
     for text in (proc.log(), out.stdout, out.stderr, done.stdout, done.stderr):
         assert api_key not in text
     assert "no Elasticsearch secret" not in proc.log()

@@ -38,7 +38,7 @@ from sentinel.engine.engine import Engine
 from sentinel.engine.rule import load_rules
 from sentinel.event import Event, event_time
 from sentinel.store import SQLiteStore
-from tests.conftest import wait_until
+from tests.conftest import require_root, wait_until
 
 ME = psutil.Process()
 
@@ -338,9 +338,9 @@ def test_process_details_that_cannot_be_read_are_omitted(sockets: Sockets, monke
 
 
 @pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
 def test_audit_without_privileges_sees_ports_but_not_their_owner(sockets: Sockets) -> None:
     """Run as nobody, the audit still lists root's socket, only without pid or process."""
+    require_root("to drop to another user")
     _, port = sockets.tcp("127.0.0.1")
     read_end, write_end = os.pipe()
     pid = os.fork()

@@ -209,6 +209,9 @@ class ElasticsearchAudit:
             raise ValueError("a user name is required")
         request = uuid.uuid4().hex
         query = {"bool": {"filter": [user_query(user)], "must_not": [{"term": {"event.dataset": AUDIT_DATASET}}]}}
+        # delete-by-query sees what a refresh made searchable: without one, documents indexed in
+        # the last second (the refresh interval) would escape the erasure.
+        self.client.indices.refresh(index=self.data_stream, ignore_unavailable=True)
         result = self.client.delete_by_query(
             index=self.data_stream, query=query, conflicts="proceed", refresh=True, wait_for_completion=True
         )

@@ -48,8 +48,9 @@ from sentinel.store import es_schema
 from sentinel.store.elasticsearch import document
 from sentinel.store.maintenance import audit_event
 from sentinel.store.records import iso
-from sentinel.store.spool import Dropped, Spool, SpoolClosed
+from sentinel.store.spool import Dropped, Spool, SpoolClosed, document_line, split_line
 from sentinel.store.sqlite import SQLiteStore
+from sentinel.store.withhold import Withheld
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +70,13 @@ class ShipperStats:
     shipped: int = 0
     duplicates: int = 0
     rejected: int = 0  # refused for good, re-indexed as pipeline_error events
+    withheld: int = 0  # naming a person erased while they waited in the spool: never sent
     lost: int = 0  # even the pipeline_error form was refused (logged with its id)
     requests_failed: int = 0
     dropped: int = 0  # documents dropped by the drop_oldest policy
     overflows: int = 0  # times it dropped (each recorded as an audit event)
     last_success: float | None = None
     last_error: str | None = None
-
-
-def _line(eid: str, body: bytes) -> bytes:
-    return eid.encode() + b"\t" + body
-
-
-def _split(line: bytes) -> tuple[str, bytes]:
-    eid, _, body = line.partition(b"\t")
-    return eid.decode(), body
 
 
 class Shipper:
@@ -99,6 +92,7 @@ class Shipper:
         self.stats = ShipperStats()
         self._stop = threading.Event()
         self._ready = False  # policy, template and data stream are in place
+        self.withheld = Withheld(spool.directory)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -159,6 +153,7 @@ class Shipper:
         resending = self.spool.resending
         lines, end = self.spool.read(es.bulk_max_docs, es.bulk_max_bytes, timeout)
         if not lines:
+            self.withheld.clear(lambda: self.spool.pending_bytes == 0)
             return 0
         self.spool.mark_sent(end)
         self._deliver(lines, resending)
@@ -172,7 +167,7 @@ class Shipper:
 
         ``resending``: some may be in the data stream already, maybe in an older backing index.
         """
-        pending = [_split(line) for line in lines]
+        pending = [split_line(line) for line in lines]
         if resending:
             present = self._present([eid for eid, _ in pending])
             if present:
@@ -180,6 +175,15 @@ class Shipper:
                 pending = [(eid, body) for eid, body in pending if eid not in present]
         delay = 0.5
         while pending:
+            # Read after the spool recorded this send: an erasure either sees it in flight and
+            # waits for its answer, or has listed its ids by now.
+            withheld = self.withheld.refresh()
+            if withheld:
+                kept = [(eid, body) for eid, body in pending if eid not in withheld]
+                self.stats.withheld += len(pending) - len(kept)
+                pending = kept
+                if not pending:
+                    break
             retry: list[tuple[str, bytes]] = []
             refused: list[tuple[str, bytes, str]] = []
             for (eid, body), item in zip(pending, self._bulk(pending), strict=True):
@@ -273,7 +277,7 @@ class Shipper:
         if line is None:
             return None
         try:
-            stamp = orjson.loads(_split(line)[1]).get("@timestamp")
+            stamp = orjson.loads(split_line(line)[1]).get("@timestamp")
             return max(0.0, time.time() - event_time(stamp))
         except Exception:
             return None
@@ -318,7 +322,7 @@ class ShippingStore:
 
     def commit_many(self, batches: Sequence[Batch]) -> None:
         """Spool the batches' documents (fsynced), then commit the sources' checkpoints."""
-        lines = [_line(*document(e)) for b in batches for e in b.events]
+        lines = [document_line(*document(e)) for b in batches for e in b.events]
         dropped = self.spool.append(lines)
         if dropped is not None:
             self._record_drop(dropped)
@@ -344,7 +348,7 @@ class ShippingStore:
             },
         )
         event["event.type"] = ["deletion"]
-        self.spool.append([_line(*document(event))])
+        self.spool.append([document_line(*document(event))])
 
     def close(self) -> None:
         self.shipper.stop(5.0)
@@ -368,6 +372,7 @@ class ShippingStore:
             ("pipeline_error", s.rejected),
             ("lost", s.lost),
             ("dropped", s.dropped),
+            ("withheld", s.withheld),
         ):
             shipped.add_metric([result], value)
         yield shipped
@@ -383,6 +388,7 @@ class ShippingStore:
             "duplicates": s.duplicates,
             "pipeline_errors": s.rejected,
             "dropped": s.dropped,
+            "withheld": s.withheld,
             "last_success": datetime.fromtimestamp(s.last_success, UTC).isoformat() if s.last_success else None,
             "last_error": s.last_error,
         }

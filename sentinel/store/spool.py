@@ -30,7 +30,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -100,6 +100,43 @@ def _unacked(sizes: dict[int, int], cursor: Position) -> int:
     """Bytes from ``cursor`` to the end of the last segment."""
     total = sum(size for number, size in sizes.items() if number >= cursor.segment)
     return total - (cursor.offset if cursor.segment in sizes else 0)
+
+
+def document_line(eid: str, body: bytes) -> bytes:
+    """How a document is spooled: its id, a tab, its JSON (one line)."""
+    return eid.encode() + b"\t" + body
+
+
+def split_line(line: bytes) -> tuple[str, bytes]:
+    """A spooled line's id and JSON body."""
+    eid, _, body = line.partition(b"\t")
+    return eid.decode(), body
+
+
+def pending_lines(directory: Path) -> Iterator[bytes]:
+    """The complete lines not yet acknowledged in the spool at ``directory``, read without opening it
+    (for other processes: ``sentinel audit erase``)."""
+    sizes = _segment_sizes(directory)
+    cursor, _ = _read_cursor(directory, sizes)
+    for number in sorted(n for n in sizes if n >= cursor.segment):
+        try:
+            with open(directory / f"{number:020d}{SUFFIX}", "rb") as fh:
+                fh.seek(cursor.offset if number == cursor.segment else 0)
+                data = fh.read()
+        except FileNotFoundError:  # acknowledged and deleted meanwhile
+            continue
+        yield from data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
+
+
+def in_flight(directory: Path) -> Position | None:
+    """Where the documents sent but not yet acknowledged end (None: nothing is in flight)."""
+    cursor, sent = _read_cursor(directory, _segment_sizes(directory))
+    return sent if sent > cursor else None
+
+
+def acknowledged(directory: Path) -> Position:
+    """The spool's acknowledged position (read by another process)."""
+    return _read_cursor(directory, _segment_sizes(directory))[0]
 
 
 def pending_on_disk(directory: Path) -> int:

@@ -352,7 +352,15 @@ def _erase(args: argparse.Namespace, settings: Settings, live: Path) -> int:
         actor = args.actor or os.environ.get("SUDO_USER") or getpass.getuser()
         withheld = 0
         if spool is not None:
-            withheld = withhold(spool, args.user)
+            try:
+                withheld = withhold(spool, args.user)
+            except OSError as exc:  # nothing is erased yet: better than data coming back later
+                print(
+                    f"sentinel: cannot withhold the spooled events naming {args.user} ({exc.strerror or exc}); "
+                    "run the erasure as root or as the daemon's user",
+                    file=sys.stderr,
+                )
+                return 1
             if withheld and not wait_for_in_flight(spool, daemon_running(settings.daemon.state_dir)):
                 print("warning: the daemon's bulk request in flight was not answered within 30 s", file=sys.stderr)
         result = backend.erase_user(args.user, actor=actor, reason=args.reason)

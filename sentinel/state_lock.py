@@ -26,11 +26,17 @@ def lock_state_dir(state_dir: Path) -> int | None:
 
 
 def daemon_running(state_dir: Path) -> bool:
-    """True while a daemon holds the state directory's lock."""
-    if not (state_dir / LOCK_FILE).exists():
+    """True while a daemon holds the state directory's lock (or, unable to tell, assumed so)."""
+    try:
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
         return False
-    fd = lock_state_dir(state_dir)
-    if fd is None:
+    except OSError:
         return True
-    os.close(fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
     return False

@@ -16,8 +16,10 @@ see the same context they would in one sequential pass.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import signal
 import struct
 import traceback
 from collections.abc import Callable
@@ -25,6 +27,8 @@ from collections.abc import Callable
 CHUNK = 8 << 20
 WARMUP = 512 << 10
 _LEN = struct.Struct("<Q")
+#: A worker's exit status when its output was closed (``sentinel parse big.log | head``).
+_BROKEN_PIPE = 32
 
 #: ``work(start, end, warmup_start)`` parses bytes [start, end) after warming up on
 #: [warmup_start, start); it returns the chunk's result as bytes, or (with ``emit``) as a list
@@ -138,7 +142,7 @@ def map_chunks(
                         os.write(tokens[(w + 1) % jobs][1], b"t")
                 _send(out, finish())
             except BrokenPipeError:
-                code = 0
+                code = _BROKEN_PIPE
             except BaseException:
                 traceback.print_exc()
                 code = 1
@@ -147,7 +151,8 @@ def map_chunks(
     for _, write_end in results:
         os.close(write_end)
     trailers: list[bytes] = []
-    failed = False
+    finished = False
+    statuses: list[int] = []
     try:
         if direct_fd is None and emit is not None:
             for k in range(len(ranges)):
@@ -156,17 +161,22 @@ def map_chunks(
                 for _ in range(count):
                     emit(_receive(fd_k))
         trailers = [_receive(r) for r, _ in results]
-    except EOFError:
-        failed = True
+        finished = True
+    except EOFError:  # a worker ended early: failed, or its output was closed
+        pass
     finally:
-        for pid in pids:
-            _, status = os.waitpid(pid, 0)
-            failed |= status != 0
+        if not finished:  # the others would wait for ever: for their turn, or for the parent to read
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        statuses = [os.waitpid(pid, 0)[1] for pid in pids]
         for r, _ in results:
             os.close(r)
         for r, w_end in tokens:
             os.close(r)
             os.close(w_end)
-    if failed:
+    if any(os.WIFEXITED(s) and os.WEXITSTATUS(s) == _BROKEN_PIPE for s in statuses):
+        raise BrokenPipeError("the output was closed")
+    if not finished or any(s != 0 for s in statuses):
         raise RuntimeError("a parallel worker failed (see its error above)")
     return trailers

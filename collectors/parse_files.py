@@ -212,6 +212,8 @@ def parse_files(
             else:
                 with os.fdopen(os.dup(fd), "rb", buffering=0) as fh:
                     _sequential(_blocks(fh), get_parser(fmt, year), name, out.write, serialize, stats)
+        except BrokenPipeError:  # our output was closed (`| head`): not this file's fault
+            raise
         except OSError as exc:
             print(f"sentinel: {name}: {exc.strerror}", file=sys.stderr)
             status = 1

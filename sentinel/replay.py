@@ -178,6 +178,8 @@ def replay(
                     continue
                 for offset, block in _blocks(name, advance):
                     feed(parse_buffer(block, offset, parse, path, stats))
+            except BrokenPipeError:  # our output was closed (`| head`): not this file's fault
+                raise
             except OSError as exc:
                 print(f"sentinel: {name}: {exc.strerror}", file=sys.stderr)
                 return 1

@@ -1,11 +1,17 @@
-"""`sentinel replay`: parallel and sequential runs agree, enrichment included."""
+"""`sentinel replay`: parallel and sequential runs agree, enrichment included; parallel runs whose
+output is closed early stop at once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.test_geoip import BERLIN, MADRID, write_geo_db
 
@@ -13,11 +19,12 @@ FILLER = "Mar  1 0{h}:{m:02d}:{s:02d} web-01 sshd[{pid}]: Failed password for ro
 LOGIN = "Mar  1 0{h}:{m:02d}:00 web-01 sshd[{pid}]: Accepted publickey for alice from {ip} port 5000 ssh2\n"
 
 
-def test_parallel_replay_matches_sequential_and_enriches_before_filtering(tmp_path: Path) -> None:
-    db = write_geo_db(tmp_path / "city.mmdb")
-    log = tmp_path / "auth.log"
+@pytest.fixture(scope="module")
+def big_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """~20 MB of failed logins with two successful ones: large enough for the parallel path."""
+    log = tmp_path_factory.mktemp("replay") / "auth.log"
     with log.open("w") as fh:
-        for i in range(200_000):  # ~20 MB: large enough for the parallel path
+        for i in range(200_000):
             h, rest = divmod(i // 50, 3600)
             fh.write(FILLER.format(h=h, m=rest // 60, s=rest % 60, pid=1000 + i, o=i % 200))
             if i == 1000:
@@ -25,6 +32,12 @@ def test_parallel_replay_matches_sequential_and_enriches_before_filtering(tmp_pa
             if i == 190_000:
                 fh.write(LOGIN.format(h=h, m=rest // 60, pid=98, ip=MADRID))
     assert log.stat().st_size > 16 << 20
+    return log
+
+
+def test_parallel_replay_matches_sequential_and_enriches_before_filtering(tmp_path: Path, big_log: Path) -> None:
+    db = write_geo_db(tmp_path / "city.mmdb")
+    log = big_log
     outputs = []
     for jobs in ("1", "2"):
         proc = subprocess.run(
@@ -39,3 +52,24 @@ def test_parallel_replay_matches_sequential_and_enriches_before_filtering(tmp_pa
     new_country = [f for f in findings if f["rule.id"] == "login-new-country"]
     assert [f["source.geo.country_iso_code"] for f in new_country] == ["ES"]
     assert any(f["rule.id"] == "ssh-brute-force" for f in findings)
+
+
+@pytest.mark.parametrize("command", ["parse", "replay"])
+def test_a_parallel_run_whose_output_is_closed_stops_at_once(big_log: Path, command: str) -> None:
+    """`sentinel parse big.log | head -1`: every worker stops, the command exits 0 without an error."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel", command, "-j", "2", "--year", "2026", str(big_log)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its workers too can be killed if it hangs
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        assert json.loads(proc.stdout.readline())["@timestamp"].startswith("2026-03-01T")
+        proc.stdout.close()  # what head does after its line
+        assert proc.wait(timeout=60) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    errors = proc.stderr.read().decode()
+    assert "Traceback" not in errors and "sentinel:" not in errors and "Error" not in errors, errors

@@ -143,6 +143,8 @@ def map_chunks(
                 _send(out, finish())
             except BrokenPipeError:
                 code = _BROKEN_PIPE
+            except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent reports it
+                code = 130
             except BaseException:
                 traceback.print_exc()
                 code = 1

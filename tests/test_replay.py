@@ -73,3 +73,24 @@ def test_a_parallel_run_whose_output_is_closed_stops_at_once(big_log: Path, comm
             os.killpg(proc.pid, signal.SIGKILL)
     errors = proc.stderr.read().decode()
     assert "Traceback" not in errors and "sentinel:" not in errors and "Error" not in errors, errors
+
+
+@pytest.mark.parametrize("command", ["parse", "replay"])
+def test_ctrl_c_stops_a_parallel_run_and_all_its_workers_quietly(big_log: Path, command: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel", command, "-j", "2", "--year", "2026", str(big_log)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        proc.stdout.readline()  # running; unread, its output soon fills the pipe and it waits
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        assert proc.wait(timeout=60) == 130
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, 0)  # no worker left behind
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "Traceback" not in proc.stderr.read().decode()

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -149,11 +150,15 @@ def _is_binary_journal(name: str) -> bool:
         return False
 
 
+def _holds_journal_files(directory: str) -> bool:
+    """A journal directory holds ``*.journal`` files (``*.journal~`` after an unclean shutdown),
+    usually one level down, under the machine id."""
+    return any(p.name.endswith((".journal", ".journal~")) for p in Path(directory).rglob("*.journal*"))
+
+
 def _journal(
     name: str, out: Callable[[bytes], object], serialize: Callable[[list[Event]], bytes], stats: ParseStats
 ) -> None:
-    from pathlib import Path
-
     from sentinel.collectors.sources.journald import iter_journal_file_events
 
     batch: list[Event] = []
@@ -190,6 +195,10 @@ def parse_files(
                 _sequential(_blocks(sys.stdin.buffer), get_parser(fmt, year), None, out.write, serialize, stats)
                 continue
             if fmt in ("auto", "journal") and _is_binary_journal(name):
+                if os.path.isdir(name) and not _holds_journal_files(name):
+                    print(f"sentinel: {name}: a directory is read as journal files, and it holds none", file=sys.stderr)
+                    status = 1
+                    continue
                 _journal(name, out.write, serialize, stats)
                 continue
             fd = os.open(name, os.O_RDONLY)

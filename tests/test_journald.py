@@ -673,3 +673,13 @@ def test_sentinel_parse_reads_binary_journal_files(tmp_path: Path) -> None:
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [e["source.ip"] for e in events] == ["203.0.113.1", "203.0.113.2"]
     assert all(e["log.file.path"] == str(path) for e in events)
+    # A directory is a journal directory: its files are read; one without any is an error, not silence.
+    whole = subprocess.run(
+        [sys.executable, "-m", "sentinel", "parse", str(tmp_path)], capture_output=True, timeout=60, check=True
+    )
+    assert [json.loads(line)["source.ip"] for line in whole.stdout.splitlines()] == ["203.0.113.1", "203.0.113.2"]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "auth.log").write_text("not a journal\n")
+    none = subprocess.run([sys.executable, "-m", "sentinel", "parse", str(tmp_path / "empty")], capture_output=True)
+    assert none.returncode == 1
+    assert b"a directory is read as journal files, and it holds none" in none.stderr

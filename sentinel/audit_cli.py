@@ -123,7 +123,9 @@ def add_audit_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], N
         "erase a person's personal data (records stay as tombstones)",
         "Data-subject erasure: in every event naming the user, personal fields (user.*, related.user, message, "
         "event.original, command lines) and any text quoting the name are replaced by '[erased]'.  Records stay, "
-        "so the chain still verifies; who erased, when and why is itself recorded (the name is not).",
+        "so the chain still verifies; who erased, when and why is itself recorded (the name is not).  "
+        "On Elasticsearch the documents naming the user are deleted, and those still waiting in this host's "
+        "spool are withheld from shipping (run it on every host that ships).",
     )
     backend(p)
     p.add_argument("--user", required=True, help="the person's user name")

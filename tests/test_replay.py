@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,43 +55,42 @@ def test_parallel_replay_matches_sequential_and_enriches_before_filtering(tmp_pa
     assert any(f["rule.id"] == "ssh-brute-force" for f in findings)
 
 
-@pytest.mark.parametrize("command", ["parse", "replay"])
-def test_a_parallel_run_whose_output_is_closed_stops_at_once(big_log: Path, command: str) -> None:
-    """`sentinel parse big.log | head -1`: every worker stops, the command exits 0 without an error."""
+@contextlib.contextmanager
+def parallel_run(command: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``sentinel COMMAND -j 2 LOG`` in a session of its own, whose workers are all killed at the end
+    should the command hang."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sentinel", command, "-j", "2", "--year", "2026", str(big_log)],
+        [sys.executable, "-m", "sentinel", command, "-j", "2", "--year", "2026", str(log)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        start_new_session=True,  # its workers too can be killed if it hangs
+        start_new_session=True,
     )
-    assert proc.stdout is not None and proc.stderr is not None
     try:
-        assert json.loads(proc.stdout.readline())["@timestamp"].startswith("2026-03-01T")
-        proc.stdout.close()  # what head does after its line
-        assert proc.wait(timeout=60) == 0
+        yield proc
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-    errors = proc.stderr.read().decode()
+
+
+@pytest.mark.parametrize("command", ["parse", "replay"])
+def test_a_parallel_run_whose_output_is_closed_stops_at_once(big_log: Path, command: str) -> None:
+    """`sentinel parse big.log | head -1`: every worker stops, the command exits 0 without an error."""
+    with parallel_run(command, big_log) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert json.loads(proc.stdout.readline())["@timestamp"].startswith("2026-03-01T")
+        proc.stdout.close()  # what head does after its line
+        assert proc.wait(timeout=60) == 0
+        errors = proc.stderr.read().decode()
     assert "Traceback" not in errors and "sentinel:" not in errors and "Error" not in errors, errors
 
 
 @pytest.mark.parametrize("command", ["parse", "replay"])
 def test_ctrl_c_stops_a_parallel_run_and_all_its_workers_quietly(big_log: Path, command: str) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sentinel", command, "-j", "2", "--year", "2026", str(big_log)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
+    with parallel_run(command, big_log) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
         proc.stdout.readline()  # running; unread, its output soon fills the pipe and it waits
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         assert proc.wait(timeout=60) == 130
         with pytest.raises(ProcessLookupError):
             os.killpg(proc.pid, 0)  # no worker left behind
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert "Traceback" not in proc.stderr.read().decode()
+        assert "Traceback" not in proc.stderr.read().decode()

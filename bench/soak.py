@@ -3,7 +3,10 @@
 
 Writes generated auth.log lines (../shared/tools/gen_authlog.py) at --rate lines/s for --minutes,
 samples the daemon's RSS and CPU, and checks at the end that every line was stored once.
+With --backlog N it measures instead how fast the daemon catches up on N lines written before
+it starts (its checkpoint reaching the end of the file), and the CPU that takes.
 Usage: .venv/bin/python bench/soak.py --minutes 30 --rate 20000
+       .venv/bin/python bench/soak.py --backlog 1000000
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -32,19 +36,49 @@ def proc_stats(pid: int) -> tuple[float, float]:
     return rss, (int(fields[11]) + int(fields[12])) / ticks
 
 
+def stored_offset(work: Path, log: Path) -> int:
+    """How far the daemon's committed checkpoint of ``log`` reaches (0 before the first commit)."""
+    try:
+        with sqlite3.connect(f"file:{work / 'state' / 'events.db'}?mode=ro", uri=True, timeout=5) as conn:
+            row = conn.execute("SELECT state FROM checkpoints WHERE source = 'auth'").fetchone()
+    except sqlite3.Error:
+        return 0
+    return 0 if row is None else int(json.loads(row[0])["paths"][str(log)][-1]["offset"])
+
+
+def catch_up(daemon: subprocess.Popen[bytes], work: Path, log: Path, lines: int) -> None:
+    """Time from the daemon's start until its checkpoint reaches the end of ``log``."""
+    start = time.monotonic()
+    size = log.stat().st_size
+    while stored_offset(work, log) < size:
+        if daemon.poll() is not None:
+            sys.exit(f"the daemon exited ({daemon.returncode}); see {work / 'stderr'}")
+        time.sleep(0.2)
+    elapsed = time.monotonic() - start
+    _, cpu = proc_stats(daemon.pid)
+    daemon.terminate()
+    daemon.wait(60)
+    shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"caught up on {lines:,} lines ({size / 1e6:.0f} MB) in {elapsed:.1f} s, start-up included: "
+        f"{lines / elapsed:,.0f} lines/s, {cpu:.1f} s of CPU ({cpu / lines * 1e6:.1f} µs a line)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--rate", type=int, default=20_000, help="lines per second")
+    ap.add_argument("--backlog", type=int, default=0, help="measure the catch-up on this many lines instead")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sentinel-soak-"))
     source = work / "source.log"
-    total = int(args.rate * args.minutes * 60)
+    total = args.backlog or int(args.rate * args.minutes * 60)
     pool = min(total, 2_000_000)
     subprocess.run([sys.executable, str(GEN), "--lines", str(pool), "--seed", "3", "--out", str(source)], check=True)
     lines = source.read_bytes().splitlines(keepends=True)
     log = work / "auth.log"
-    log.write_bytes(b"")
+    log.write_bytes(b"".join(lines[i % pool] for i in range(args.backlog)))
     cfg = work / "sentinel.toml"
     cfg.write_text(
         f'[daemon]\nstate_dir = "{work / "state"}"\n[metrics]\nenabled = false\n[ports]\nenabled = false\n'
@@ -53,6 +87,9 @@ def main() -> None:
     sentinel = str(Path(sys.executable).with_name("sentinel"))
     with open(work / "stderr", "wb") as err:
         daemon = subprocess.Popen([sentinel, "run", "-c", str(cfg)], stderr=err)
+    if args.backlog:
+        catch_up(daemon, work, log, args.backlog)
+        return
     time.sleep(2)
     samples = []
     written = 0
@@ -83,9 +120,7 @@ def main() -> None:
     )
     daemon.terminate()
     daemon.wait(60)
-    with sqlite3.connect(work / "state" / "events.db") as conn:
-        (last,) = conn.execute("SELECT state FROM checkpoints WHERE source = 'auth'").fetchone()
-    stored_to = json.loads(last)["paths"][str(log)][-1]["offset"]
+    stored_to = stored_offset(work, log)
     result = {
         "minutes": args.minutes,
         "rate": args.rate,

@@ -15,7 +15,10 @@ alerts (a revocation that finally failed).  On its dispatcher thread:
   they are held and sent as one digest when the window ends;
 - **severity routing**: each channel takes alerts at or above its ``min_severity``;
 - **bounded inbox**: at most ``queue_size`` alerts wait for the dispatcher; beyond that the
-  ``overflow`` policy drops the oldest (default) or the newest, each drop a ``dropped`` event.
+  ``overflow`` policy drops the oldest (default) or the newest, each drop a ``dropped`` event;
+- **bounded channels**: at most ``queue_size`` alerts wait for each channel; a channel that far
+  behind (its server down, every delivery retried) loses its oldest waiting alert to the newest,
+  each a ``dropped`` event naming the channel, and holds up neither the others nor detection.
 
 Each channel delivers on its own thread with retries and backoff, and every delivery becomes
 a response event (``sent`` / ``failed`` per channel).  Text from log lines (user names) is
@@ -26,6 +29,7 @@ everything sent passes through :func:`sentinel.wallet.redact`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import queue
@@ -119,7 +123,8 @@ class AlertSettings(_Strict):
     response_wait: Duration = 10.0
     #: Delivery attempts per channel (with backoff) before a delivery is reported failed.
     attempts: int = Field(default=3, ge=1, le=20)
-    #: Alerts waiting for the dispatcher, at most.
+    #: Alerts waiting for the dispatcher, at most; and waiting for each channel (there, when full,
+    #: the oldest is dropped).
     queue_size: int = Field(default=1000, ge=10)
     #: When they are that many: "drop_oldest" (the newest alert is the most telling), "drop_newest",
     #: each dropped alert recorded as a "dropped" event; or "block" (the detection stage waits).
@@ -447,8 +452,23 @@ class _Sender:
     def __init__(self, channel: Channel, owner: AlertResponder) -> None:
         self.channel = channel
         self.owner = owner
-        self.queue: queue.Queue[Alert | None] = queue.Queue()
+        self.queue: queue.Queue[Alert | None] = queue.Queue(maxsize=owner.settings.queue_size)
         self.thread = threading.Thread(target=self._run, name=f"alerts-{channel.name}", daemon=True)
+
+    def offer(self, alert: Alert) -> Alert | None:
+        """Queue ``alert`` for delivery; when the channel is ``queue_size`` alerts behind, its oldest
+        waiting alert makes room and is returned (only the dispatcher thread offers)."""
+        try:
+            self.queue.put_nowait(alert)
+            return None
+        except queue.Full:
+            pass
+        try:
+            dropped = self.queue.get_nowait()
+        except queue.Empty:  # the sender took one meanwhile
+            dropped = None
+        self.queue.put_nowait(alert)
+        return dropped
 
     def _run(self) -> None:
         while True:
@@ -604,7 +624,10 @@ class AlertResponder(Responder):
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         for sender in self._senders:
-            sender.queue.put(None)
+            # A channel that far behind misses the end marker: its thread is a daemon thread, and
+            # the deadline below bounds the wait for it.
+            with contextlib.suppress(queue.Full):
+                sender.queue.put_nowait(None)
         for sender in self._senders:
             if sender.thread.is_alive():
                 sender.thread.join(max(0.0, deadline - time.monotonic() - 0.2))
@@ -739,8 +762,12 @@ class AlertResponder(Responder):
         routed = False
         for sender in self._senders:
             if sender.channel.accepts(alert.severity):
-                sender.queue.put(alert)
                 routed = True
+                dropped = sender.offer(alert)
+                if dropped is not None:
+                    behind = self.settings.queue_size
+                    log.warning("alert channel %s is %d alerts behind: dropped the oldest", sender.channel.name, behind)
+                    self.emit_alert(dropped, "dropped", sender.channel.name, reason=f"channel queue full ({behind})")
         if not routed:
             self.emit_alert(alert, "unrouted", reason="no channel takes this severity")
 

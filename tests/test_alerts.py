@@ -4,6 +4,7 @@ Sentry's envelope endpoint (local HTTP); deduplication, digests, severity routin
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import json
 import os
@@ -389,6 +390,41 @@ def test_a_flood_becomes_a_digest() -> None:
     assert digest.title == "[Sentinel HIGH] digest: 4 more alerts in the last 0.6 s"
     assert len(digest.digest) == 4 and "login-new-country ×4" in digest.text
     assert [e["sentinel.status"] for e in events].count("digested") == 4
+
+
+def delivered(channel: RecordingChannel, count: int) -> bool:
+    return len(channel.sent) == count
+
+
+class StuckChannel(RecordingChannel):
+    """A channel whose first delivery hangs until released (its server stopped answering)."""
+
+    def __init__(self) -> None:
+        super().__init__("stuck")
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def send(self, alert: Alert) -> None:
+        self.entered.set()
+        self.release.wait(10)
+        super().send(alert)
+
+
+def test_a_channel_that_falls_behind_drops_its_oldest_waiting_alerts_and_holds_up_no_other() -> None:
+    stuck, other = StuckChannel(), RecordingChannel("other")
+    r, events = responder([stuck, other], queue_size=10, rate_limit=100)
+    r.submit(new_country_finding(user="user0", eid="f-0"), ALERT)
+    assert stuck.entered.wait(5)  # user0's delivery hangs
+    for i in range(1, 15):
+        r.submit(new_country_finding(user=f"user{i}", eid=f"f-{i}"), ALERT)
+        wait_until(functools.partial(delivered, other, i + 1), timeout=5)  # the other channel is not held up
+    dropped = [e for e in events if e["sentinel.status"] == "dropped"]
+    assert [e["sentinel.alert"]["channel"] for e in dropped] == ["stuck"] * 4
+    assert [e["sentinel.alert"]["reason"] for e in dropped] == ["channel queue full (10)"] * 4
+    stuck.release.set()
+    wait_until(lambda: len(stuck.sent) == 11, timeout=5)
+    r.stop(2)
+    assert [a.finding["user.name"] for a in stuck.sent if a.finding] == ["user0", *(f"user{i}" for i in range(5, 15))]
 
 
 def test_severity_routing_per_channel() -> None:

@@ -348,7 +348,12 @@ def _erase(args: argparse.Namespace, settings: Settings, live: Path) -> int:
     try:
         if not args.yes:
             count = sum(1 for _ in backend.export_user(args.user))
-            spooled = f" (and {len(spooled_naming(spool, args.user))} not yet shipped)" if spool else ""
+            spooled = ""
+            if spool is not None:
+                try:
+                    spooled = f" (and {len(spooled_naming(spool, args.user))} not yet shipped)"
+                except (OSError, ValueError) as exc:
+                    spooled = f" (this host's spool could not be read: {exc})"
             print(f"{count} events name {args.user}{spooled}; run again with --yes to erase their personal data")
             return 0
         actor = args.actor or os.environ.get("SUDO_USER") or getpass.getuser()
@@ -356,9 +361,10 @@ def _erase(args: argparse.Namespace, settings: Settings, live: Path) -> int:
         if spool is not None:
             try:
                 withheld = withhold(spool, args.user)
-            except OSError as exc:  # nothing is erased yet: better than data coming back later
+            except (OSError, ValueError) as exc:  # nothing is erased yet: better than data coming back later
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 print(
-                    f"sentinel: cannot withhold the spooled events naming {args.user} ({exc.strerror or exc}); "
+                    f"sentinel: cannot withhold the spooled events naming {args.user} ({why}); "
                     "run the erasure as root or as the daemon's user",
                     file=sys.stderr,
                 )

@@ -624,6 +624,10 @@ def test_sentinel_run_ships_to_elasticsearch_and_audit_queries_it(
     assert "erased the personal data of 0 events" in again.stdout, again.stderr
     assert "1 events naming admin3 in this host's spool will never be shipped" in again.stdout
     assert (state / "spool" / WITHHELD).read_text() == "waiting1\n"
+    (state / "spool" / "cursor.json").write_text("{torn")  # an unreadable spool: nothing is erased
+    refused = subprocess.run(erase, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "cannot withhold the spooled events naming admin3" in refused.stderr
+    assert "erased" not in refused.stdout
     for text in (proc.log(), out.stdout, out.stderr, done.stdout, done.stderr):
         assert api_key not in text
     assert "no Elasticsearch secret" not in proc.log()

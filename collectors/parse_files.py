@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from sentinel.collectors.compressed import DECOMPRESSION_ERRORS, UnsupportedCompression, compression, decompressed
 from sentinel.collectors.parallel import map_chunks
 from sentinel.collectors.parsers import LineParser, get_parser
 from sentinel.collectors.parsers.journal import JOURNAL_MAGIC
@@ -131,8 +132,8 @@ def _sequential(
             out(serialize(events))
 
 
-def _blocks(fileobj: object) -> Iterable[bytes]:
-    read = fileobj.read  # type: ignore[attr-defined]
+def _blocks(read: Callable[[int], bytes]) -> Iterable[bytes]:
+    """The file's bytes, up to ``BLOCK`` at a time from ``read``."""
     while block := read(BLOCK):
         yield block
 
@@ -172,6 +173,41 @@ def _journal(
         out(serialize(batch))
 
 
+def _parse_one(
+    name: str,
+    fmt: str,
+    year: int | None,
+    jobs: int,
+    write: Callable[[bytes], object],
+    serialize: Callable[[list[Event]], bytes],
+    stats: ParseStats,
+) -> None:
+    """Print the events of one file (``-``: standard input), raising what went wrong."""
+    if name == "-":
+        stdin = sys.stdin.buffer
+        kind = compression(stdin)
+        read = stdin.read if kind is None else decompressed(stdin, kind).read1
+        _sequential(_blocks(read), get_parser(fmt, year), None, write, serialize, stats)
+        return
+    if fmt in ("auto", "journal") and _is_binary_journal(name):
+        if os.path.isdir(name) and not _holds_journal_files(name):
+            raise RuntimeError("a directory is read as journal files, and it holds none")
+        _journal(name, write, serialize, stats)
+        return
+    with open(name, "rb", buffering=0) as fh:
+        kind = compression(fh)
+        if kind is not None:  # a compressed rotation: one sequential pass
+            # read1: what was decompressed before a damaged or truncated part is still parsed
+            _sequential(_blocks(decompressed(fh, kind).read1), get_parser(fmt, year), name, write, serialize, stats)
+            return
+        size = os.fstat(fh.fileno()).st_size
+        if jobs > 1 and size >= PARALLEL_MIN_SIZE and os.path.isfile(name):
+            sys.stdout.buffer.flush()  # what earlier files printed comes first
+            _parallel(fh.fileno(), size, jobs, lambda: get_parser(fmt, year), name, serialize, stats)
+        else:
+            _sequential(_blocks(fh.read), get_parser(fmt, year), name, write, serialize, stats)
+
+
 def parse_files(
     files: list[str],
     fmt: str = "auto",
@@ -187,47 +223,24 @@ def parse_files(
     serialize = _serializer(nested)
     stats = ParseStats()
     jobs = jobs if jobs > 0 else (os.cpu_count() or 1)
+    try:
+        get_parser(fmt, year)
+    except ValueError as exc:  # an unknown format
+        print(f"sentinel: {exc}", file=sys.stderr)
+        return 2
     status = 0
     out = sys.stdout.buffer
     for name in files:
         try:
-            if name == "-":
-                _sequential(_blocks(sys.stdin.buffer), get_parser(fmt, year), None, out.write, serialize, stats)
-                continue
-            if fmt in ("auto", "journal") and _is_binary_journal(name):
-                if os.path.isdir(name) and not _holds_journal_files(name):
-                    print(f"sentinel: {name}: a directory is read as journal files, and it holds none", file=sys.stderr)
-                    status = 1
-                    continue
-                _journal(name, out.write, serialize, stats)
-                continue
-            fd = os.open(name, os.O_RDONLY)
-        except OSError as exc:
-            print(f"sentinel: {name}: {exc.strerror}", file=sys.stderr)
-            status = 1
-            continue
-        except RuntimeError as exc:  # JournalError: the journal file could not be read
-            print(f"sentinel: {name}: {exc}", file=sys.stderr)
-            status = 1
-            continue
-        except ValueError as exc:
-            print(f"sentinel: {exc}", file=sys.stderr)
-            return 2
-        try:
-            size = os.fstat(fd).st_size
-            if jobs > 1 and size >= PARALLEL_MIN_SIZE and os.path.isfile(name):
-                out.flush()
-                _parallel(fd, size, jobs, lambda: get_parser(fmt, year), name, serialize, stats)
-            else:
-                with os.fdopen(os.dup(fd), "rb", buffering=0) as fh:
-                    _sequential(_blocks(fh), get_parser(fmt, year), name, out.write, serialize, stats)
+            _parse_one(name, fmt, year, jobs, out.write, serialize, stats)
         except BrokenPipeError:  # our output was closed (`| head`): not this file's fault
             raise
-        except OSError as exc:
-            print(f"sentinel: {name}: {exc.strerror}", file=sys.stderr)
+        except OSError as exc:  # gzip.BadGzipFile is one, without a strerror
+            print(f"sentinel: {name}: {exc.strerror or exc}", file=sys.stderr)
             status = 1
-        finally:
-            os.close(fd)
+        except (RuntimeError, UnsupportedCompression, *DECOMPRESSION_ERRORS) as exc:  # RuntimeError: JournalError
+            print(f"sentinel: {name}: {exc or 'the compressed data ends early'}", file=sys.stderr)
+            status = 1
     out.flush()
     if show_stats:
         counts = ", ".join(f"{f.name}={getattr(stats, f.name)}" for f in fields(stats))

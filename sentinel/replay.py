@@ -18,6 +18,13 @@ from pathlib import Path
 
 import orjson
 
+from sentinel.collectors.compressed import (
+    DECOMPRESSION_ERRORS,
+    UnsupportedCompression,
+    compression,
+    compression_of,
+    decompressed,
+)
 from sentinel.collectors.parallel import CHUNK, map_chunks
 from sentinel.collectors.parse_files import PARALLEL_MIN_SIZE, parse_range
 from sentinel.collectors.parsers import LineParser, get_parser
@@ -33,13 +40,22 @@ BLOCK = 1 << 20
 
 
 def _blocks(path: str, advance: Callable[[int], None]) -> Iterator[tuple[int, bytes]]:
-    """(offset, complete lines) blocks of a file (or stdin for ``-``)."""
-    fh = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115 - closed below
+    """(offset, complete lines) blocks of a file, decompressed if it is a compressed rotation
+    (offsets then count decompressed bytes; the progress, the file's own), or of stdin for ``-``."""
+    raw = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115 - closed below
     try:
+        kind = compression(raw)
+        # read1 on a decompressed stream: what came before a damaged or truncated part is still read
+        read: Callable[[int], bytes] = raw.read if kind is None else decompressed(raw, kind).read1
         offset = 0
         rest = b""
-        while data := fh.read(BLOCK):
-            advance(len(data))
+        done = 0
+        while data := read(BLOCK):
+            if kind is None or path == "-":  # (no progress bar for standard input)
+                advance(len(data))
+            else:
+                advance(raw.tell() - done)
+                done = raw.tell()
             data = rest + data
             cut = data.rfind(b"\n") + 1
             rest = data[cut:]
@@ -49,8 +65,8 @@ def _blocks(path: str, advance: Callable[[int], None]) -> Iterator[tuple[int, by
         if rest:
             yield offset, rest
     finally:
-        if fh is not sys.stdin.buffer:
-            fh.close()
+        if raw is not sys.stdin.buffer:
+            raw.close()
 
 
 def _progress(total: int) -> tuple[AbstractContextManager[object], Callable[[int], None]]:
@@ -172,7 +188,13 @@ def replay(
         for name in files:
             path = None if name == "-" else name
             try:
-                if jobs > 1 and name != "-" and os.path.isfile(name) and os.path.getsize(name) >= PARALLEL_MIN_SIZE:
+                if (
+                    jobs > 1
+                    and name != "-"
+                    and os.path.isfile(name)
+                    and os.path.getsize(name) >= PARALLEL_MIN_SIZE
+                    and compression_of(name) is None
+                ):
                     keep = engine.wants if enricher is None else _either(engine.wants, enricher.selects)
                     _parallel(name, jobs, keep, lambda: get_parser(fmt, year), stats, feed, advance)
                     continue
@@ -180,8 +202,11 @@ def replay(
                     feed(parse_buffer(block, offset, parse, path, stats))
             except BrokenPipeError:  # our output was closed (`| head`): not this file's fault
                 raise
-            except OSError as exc:
-                print(f"sentinel: {name}: {exc.strerror}", file=sys.stderr)
+            except OSError as exc:  # gzip.BadGzipFile is one, without a strerror
+                print(f"sentinel: {name}: {exc.strerror or exc}", file=sys.stderr)
+                return 1
+            except (UnsupportedCompression, *DECOMPRESSION_ERRORS) as exc:
+                print(f"sentinel: {name}: {exc or 'the compressed data ends early'}", file=sys.stderr)
                 return 1
     out.flush()
     if enricher is not None:

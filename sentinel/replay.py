@@ -37,6 +37,8 @@ from sentinel.event import Event, event_time
 from sentinel.pipeline import engine_options
 
 BLOCK = 1 << 20
+#: How much of each file is read to date it (its first event) before a replay of several.
+FIRST_EVENT_BYTES = 256 << 10
 
 
 def _blocks(path: str, advance: Callable[[int], None]) -> Iterator[tuple[int, bytes]]:
@@ -139,6 +141,38 @@ def _parallel(
         os.close(fd)
 
 
+def _first_event_time(name: str, fmt: str, year: int | None) -> float | None:
+    """The time of the first event in the file's first 256 KiB (None: none, or unreadable — the
+    replay itself reports that)."""
+    try:
+        with open(name, "rb") as raw:
+            kind = compression(raw)
+            data = (raw if kind is None else decompressed(raw, kind)).read(FIRST_EVENT_BYTES)
+    except (OSError, UnsupportedCompression, *DECOMPRESSION_ERRORS):
+        return None
+    data = data[: data.rfind(b"\n") + 1]
+    for event in parse_buffer(data, 0, get_parser(fmt, year), name, ParseStats()):
+        stamp = event.get("@timestamp")
+        if isinstance(stamp, str):
+            return event_time(stamp)
+    return None
+
+
+def in_time_order(files: list[str], fmt: str = "auto", year: int | None = None) -> list[str]:
+    """``files`` ordered by the time of their first event.
+
+    Windows run on event time, so rotations must be replayed oldest first; a shell glob
+    (``auth.log*``: auth.log, auth.log.1, auth.log.2.gz) names them newest first, which would
+    replay the week backwards and miss most findings.  Files without a datable event keep their
+    place relative to the others; standard input (``-``) leaves the order as given.
+    """
+    if "-" in files or len(files) < 2:
+        return files
+    times = {name: _first_event_time(name, fmt, year) for name in dict.fromkeys(files)}
+    dated = iter(sorted((n for n in files if times[n] is not None), key=lambda n: times[n] or 0.0))
+    return [next(dated) if times[n] is not None else n for n in files]
+
+
 def replay(
     files: list[str],
     settings: Settings,
@@ -160,6 +194,10 @@ def replay(
         print(f"sentinel: {exc}", file=sys.stderr)
         return 2
     parse = get_parser(fmt, year)
+    ordered = in_time_order(files, fmt, year)
+    if ordered != files:
+        print(f"sentinel: replaying oldest first: {', '.join(ordered)}", file=sys.stderr)
+        files = ordered
     stats = ParseStats()
     out = sys.stdout.buffer
     total = sum(os.path.getsize(f) for f in files if f != "-" and os.path.isfile(f))

@@ -1,9 +1,10 @@
-"""`sentinel replay`: parallel and sequential runs agree, enrichment included; parallel runs whose
-output is closed early stop at once."""
+"""`sentinel replay`: parallel and sequential runs agree, enrichment included; rotations given
+newest first are replayed oldest first; parallel runs whose output is closed early stop at once."""
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import signal
@@ -53,6 +54,34 @@ def test_parallel_replay_matches_sequential_and_enriches_before_filtering(tmp_pa
     new_country = [f for f in findings if f["rule.id"] == "login-new-country"]
     assert [f["source.geo.country_iso_code"] for f in new_country] == ["ES"]
     assert any(f["rule.id"] == "ssh-brute-force" for f in findings)
+
+
+GEN = Path(__file__).resolve().parents[2] / "shared" / "tools" / "gen_authlog.py"
+
+
+def test_rotations_named_newest_first_are_replayed_oldest_first(tmp_path: Path) -> None:
+    """`sentinel replay auth.log*` names auth.log, auth.log.1, auth.log.2.gz: newest first."""
+    whole = tmp_path / "whole.log"
+    gen = [sys.executable, str(GEN), "--lines", "60000", "--seed", "9", "--year", "2026", "--out", str(whole)]
+    subprocess.run(gen, check=True, capture_output=True)
+    lines = whole.read_bytes().splitlines(keepends=True)
+    third = len(lines) // 3
+    (tmp_path / "auth.log.2.gz").write_bytes(gzip.compress(b"".join(lines[:third])))
+    (tmp_path / "auth.log.1").write_bytes(b"".join(lines[third : 2 * third]))
+    (tmp_path / "auth.log").write_bytes(b"".join(lines[2 * third :]))
+
+    def findings(*paths: Path) -> tuple[list[tuple[str, str]], str]:
+        args = ["replay", "--year", "2026", *map(str, paths)]
+        got = subprocess.run([sys.executable, "-m", "sentinel", *args], capture_output=True, check=True, timeout=120)
+        found = [json.loads(line) for line in got.stdout.splitlines()]
+        return [(f["@timestamp"], f["rule.id"]) for f in found], got.stderr.decode()
+
+    expected, _ = findings(whole)
+    assert len(expected) > 100
+    glob = [tmp_path / "auth.log", tmp_path / "auth.log.1", tmp_path / "auth.log.2.gz"]
+    got, said = findings(*glob)
+    assert got == expected
+    assert f"replaying oldest first: {glob[2]}, {glob[1]}, {glob[0]}" in said
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,7 @@ def _blocks(read: Callable[[int], bytes]) -> Iterable[bytes]:
         yield block
 
 
-def _is_binary_journal(name: str) -> bool:
+def is_binary_journal(name: str) -> bool:
     """A binary journal file (or a directory of them), read through libsystemd, not as lines."""
     if name == "-":
         return False
@@ -151,26 +151,26 @@ def _is_binary_journal(name: str) -> bool:
         return False
 
 
-def _holds_journal_files(directory: str) -> bool:
-    """A journal directory holds ``*.journal`` files (``*.journal~`` after an unclean shutdown),
-    usually one level down, under the machine id."""
-    return any(p.name.endswith((".journal", ".journal~")) for p in Path(directory).rglob("*.journal*"))
+def journal_batches(name: str, stats: ParseStats, size: int = 4096) -> Iterator[list[Event]]:
+    """The events of a binary journal file, or of a journal directory's files, in batches.
 
-
-def _journal(
-    name: str, out: Callable[[bytes], object], serialize: Callable[[list[Event]], bytes], stats: ParseStats
-) -> None:
+    A directory without ``*.journal`` files (``*.journal~`` after an unclean shutdown), usually
+    one level down under the machine id, is an error (``RuntimeError``), not silence.
+    """
     from sentinel.collectors.sources.journald import iter_journal_file_events
 
+    path = Path(name)
+    if path.is_dir() and not any(p.name.endswith((".journal", ".journal~")) for p in path.rglob("*.journal*")):
+        raise RuntimeError("a directory is read as journal files, and it holds none")
     batch: list[Event] = []
-    for event in iter_journal_file_events(Path(name), stats=stats):
+    for event in iter_journal_file_events(path, stats=stats):
         event["log.file.path"] = name
         batch.append(event)
-        if len(batch) >= 4096:
-            out(serialize(batch))
+        if len(batch) >= size:
+            yield batch
             batch = []
     if batch:
-        out(serialize(batch))
+        yield batch
 
 
 def _parse_one(
@@ -189,10 +189,9 @@ def _parse_one(
         read = stdin.read if kind is None else decompressed(stdin, kind).read1
         _sequential(_blocks(read), get_parser(fmt, year), None, write, serialize, stats)
         return
-    if fmt in ("auto", "journal") and _is_binary_journal(name):
-        if os.path.isdir(name) and not _holds_journal_files(name):
-            raise RuntimeError("a directory is read as journal files, and it holds none")
-        _journal(name, write, serialize, stats)
+    if fmt in ("auto", "journal") and is_binary_journal(name):
+        for batch in journal_batches(name, stats):
+            write(serialize(batch))
         return
     with open(name, "rb", buffering=0) as fh:
         kind = compression(fh)

@@ -26,7 +26,7 @@ from sentinel.collectors.compressed import (
     decompressed,
 )
 from sentinel.collectors.parallel import CHUNK, map_chunks
-from sentinel.collectors.parse_files import PARALLEL_MIN_SIZE, parse_range
+from sentinel.collectors.parse_files import PARALLEL_MIN_SIZE, is_binary_journal, journal_batches, parse_range
 from sentinel.collectors.parsers import LineParser, get_parser
 from sentinel.collectors.parsers.lines import ParseStats, parse_buffer
 from sentinel.config import Settings
@@ -142,13 +142,16 @@ def _parallel(
 
 
 def _first_event_time(name: str, fmt: str, year: int | None) -> float | None:
-    """The time of the first event in the file's first 256 KiB (None: none, or unreadable — the
-    replay itself reports that)."""
+    """The time of the first event in the file's first 256 KiB, or in a journal (None: none, or
+    unreadable — the replay itself reports that)."""
     try:
+        if fmt in ("auto", "journal") and is_binary_journal(name):
+            first = next(journal_batches(name, ParseStats(), size=1), [])
+            return event_time(first[0]["@timestamp"]) if first else None
         with open(name, "rb") as raw:
             kind = compression(raw)
             data = (raw if kind is None else decompressed(raw, kind)).read(FIRST_EVENT_BYTES)
-    except (OSError, UnsupportedCompression, *DECOMPRESSION_ERRORS):
+    except (OSError, RuntimeError, UnsupportedCompression, *DECOMPRESSION_ERRORS):
         return None
     data = data[: data.rfind(b"\n") + 1]
     for event in parse_buffer(data, 0, get_parser(fmt, year), name, ParseStats()):
@@ -236,6 +239,10 @@ def replay(
                     keep = engine.wants if enricher is None else _either(engine.wants, enricher.selects)
                     _parallel(name, jobs, keep, lambda: get_parser(fmt, year), stats, feed, advance)
                     continue
+                if fmt in ("auto", "journal") and is_binary_journal(name):
+                    for batch in journal_batches(name, stats):
+                        feed(batch)
+                    continue
                 for offset, block in _blocks(name, advance):
                     feed(parse_buffer(block, offset, parse, path, stats))
             except BrokenPipeError:  # our output was closed (`| head`): not this file's fault
@@ -243,7 +250,7 @@ def replay(
             except OSError as exc:  # gzip.BadGzipFile is one, without a strerror
                 print(f"sentinel: {name}: {exc.strerror or exc}", file=sys.stderr)
                 return 1
-            except (UnsupportedCompression, *DECOMPRESSION_ERRORS) as exc:
+            except (RuntimeError, UnsupportedCompression, *DECOMPRESSION_ERRORS) as exc:  # RuntimeError: JournalError
                 print(f"sentinel: {name}: {exc or 'the compressed data ends early'}", file=sys.stderr)
                 return 1
     out.flush()

@@ -683,3 +683,9 @@ def test_sentinel_parse_reads_binary_journal_files(tmp_path: Path) -> None:
     none = subprocess.run([sys.executable, "-m", "sentinel", "parse", str(tmp_path / "empty")], capture_output=True)
     assert none.returncode == 1
     assert b"a directory is read as journal files, and it holds none" in none.stderr
+    # Replay reads journal files too: six failures from one address within a minute are a brute force.
+    brute = write_journal(tmp_path / "y.journal", [failed(7, T0 + i * 1_000_000) for i in range(6)])
+    replayed = subprocess.run(
+        [sys.executable, "-m", "sentinel", "replay", str(brute)], capture_output=True, timeout=60, check=True
+    )
+    assert "ssh-brute-force" in {json.loads(line)["rule.id"] for line in replayed.stdout.splitlines()}

@@ -55,6 +55,15 @@ class FileSourceSettings(_Strict):
     start_at: Literal["beginning", "end"] = "end"
     year: int | None = Field(default=None, ge=1970, le=9999)
 
+    @field_validator("paths")
+    @classmethod
+    def _no_patterns(cls, value: list[Path]) -> list[Path]:
+        # A pattern would be waited for as a file of that name, for ever: say so instead.
+        for path in value:
+            if any(ch in str(path) for ch in "*?["):
+                raise ValueError(f"{str(path)!r}: patterns are not expanded; list each file")
+        return value
+
 
 class JournaldSourceSettings(_Strict):
     """The systemd journal, read with a persisted cursor."""

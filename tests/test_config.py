@@ -62,6 +62,10 @@ def test_sources_from_file(tmp_path: Path) -> None:
         ("[collectors]\npoll_interval = 'fast'\n", "collectors.poll_interval: Input should be a valid number"),
         ("[[sources]]\ntype = 'file'\npaths = '/x'\n", "sources[0].paths"),
         ("[[sources]]\ntype = 'carrier-pigeon'\n", "sources[0]"),
+        (
+            "[[sources]]\ntype = 'file'\npaths = ['/var/log/nginx/*.log']\n",
+            "sources[0].paths: Value error, '/var/log/nginx/*.log': patterns are not expanded; list each file",
+        ),
         ("[daemon\n", "invalid TOML"),
         ("colour = 'blue'\n", "colour: unknown key"),
     ],

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sentinel.collectors.parsers import FORMATS, get_parser
-from sentinel.collectors.parsers.lines import ParseStats, parse_buffer
+from sentinel.collectors.parsers.lines import BOM, ParseStats, parse_buffer
 from sentinel.event import Event, is_auth_failure
 
 #: A line each format recognises, and the address it names.
@@ -200,3 +200,13 @@ def test_crafted_long_lines_parse_in_linear_time(name: str) -> None:
     start = time.process_time()
     parse(line)
     assert time.process_time() - start < 0.25, name  # a few ms when linear; seconds when not
+
+
+def test_a_byte_order_mark_at_the_start_of_a_file_does_not_cost_its_first_line() -> None:
+    line = VALID["syslog"] + b"\n"
+    events = parse_buffer(BOM + line + line, 0, get_parser("auto", 2026), "/var/log/x", ParseStats())
+    assert [e["source.ip"] for e in events] == ["192.0.2.7", "192.0.2.7"]
+    assert [e["log.offset"] for e in events] == [len(BOM), len(BOM) + len(line)]
+    # Only at the start of a file: elsewhere the same bytes are part of a line.
+    later = parse_buffer(BOM + line, 100, get_parser("auto", 2026), "/var/log/x", ParseStats())
+    assert later == []

@@ -14,6 +14,9 @@ from dataclasses import dataclass, fields
 from sentinel.collectors.parsers import LineParser
 from sentinel.event import Event
 
+#: The UTF-8 byte-order mark some editors put at the start of a file: not part of its first line.
+BOM = b"\xef\xbb\xbf"
+
 
 @dataclass(slots=True)
 class ParseStats:
@@ -44,6 +47,8 @@ def parse_buffer(
     max_line: int = 65536,
 ) -> list[Event]:
     """Parse the complete lines in ``data`` (which starts at byte ``base_offset`` of ``path``)."""
+    if base_offset == 0 and data.startswith(BOM):  # a file saved by an editor that marks UTF-8
+        data, base_offset = data[len(BOM) :], len(BOM)
     events: list[Event] = []
     append = events.append
     offset = base_offset

@@ -48,7 +48,7 @@ from typing import Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from sentinel.engine.durations import Duration
 from sentinel.event import Event
@@ -93,7 +93,8 @@ class WebhookSettings(_Strict):
     """``[[alerts.webhooks]]``: POST each alert as JSON."""
 
     name: str = "webhook"
-    url: str
+    #: Often a bearer capability (Slack's /services/T…/B…/secret): never shown, logged or reported.
+    url: SecretStr
     #: "json": Sentinel's alert document; "slack": {"text": …} (Slack, Mattermost, Rocket.Chat…).
     format: Literal["json", "slack"] = "json"
     min_severity: Severity = "medium"
@@ -104,7 +105,7 @@ class WebhookSettings(_Strict):
 class SentrySettings(_Strict):
     """``[alerts.sentry]``: report the daemon's own errors and crashes to Sentry (off without a DSN)."""
 
-    dsn: str | None = None
+    dsn: SecretStr | None = None  # holds the project's key: never shown
     environment: str | None = None
 
 
@@ -393,8 +394,9 @@ class WebhookChannel(Channel):
         self.http = HTTPClient(timeout=settings.timeout, ca_file=settings.ca_file, require_tls=False)
         # A webhook URL is often a bearer capability (Slack's /services/T…/B…/secret): keep it out
         # of logs, events and Sentry breadcrumbs.
-        register_secret(settings.url)
-        path = urlsplit(settings.url).path
+        self._url = settings.url.get_secret_value()
+        register_secret(self._url)
+        path = urlsplit(self._url).path
         if len(path) > 12:
             register_secret(path)
 
@@ -406,7 +408,7 @@ class WebhookChannel(Channel):
 
     def send(self, alert: Alert) -> None:
         try:
-            resp = self.http.post_json(self.settings.url, self.payload(alert))
+            resp = self.http.post_json(self._url, self.payload(alert))
         except HTTPFailure as exc:
             raise ChannelError(f"{self.settings.name}: {exc}") from None
         if not 200 <= resp.status < 300:
@@ -793,8 +795,10 @@ def scrub_event(event: Any, hint: Any = None) -> Any:
 
 def setup_sentry(settings: SentrySettings) -> bool:
     """Report the daemon's errors (``log.error`` and worse) and crashes to Sentry; False when off."""
-    if not settings.dsn:
+    dsn = settings.dsn.get_secret_value() if settings.dsn is not None else ""
+    if not dsn:
         return False
+    register_secret(dsn)
     import sentry_sdk
     from sentry_sdk.integrations.logging import LoggingIntegration
     from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
@@ -802,7 +806,7 @@ def setup_sentry(settings: SentrySettings) -> bool:
     from sentinel import __version__
 
     sentry_sdk.init(
-        dsn=settings.dsn,
+        dsn=dsn,
         environment=settings.environment,
         release=f"sentinel@{__version__}",
         send_default_pii=False,

@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pydantic import SecretStr
 
 from sentinel.event import Event
 from sentinel.responders.alerts import (
@@ -328,8 +329,8 @@ def hook() -> Iterator[Recorder]:
 
 def test_webhook_json_and_slack_payloads(hook: Recorder) -> None:
     channels: list[Channel] = [
-        WebhookChannel(WebhookSettings(name="siem", url=hook.url + "/hook")),
-        WebhookChannel(WebhookSettings(name="slack", url=hook.url + "/hook?slack", format="slack")),
+        WebhookChannel(WebhookSettings(name="siem", url=SecretStr(hook.url + "/hook"))),
+        WebhookChannel(WebhookSettings(name="slack", url=SecretStr(hook.url + "/hook?slack"), format="slack")),
     ]
     r, events = responder(channels)
     r.submit(new_country_finding(user="<!channel> alice"), ALERT)
@@ -355,7 +356,7 @@ def test_webhook_json_and_slack_payloads(hook: Recorder) -> None:
 
 def test_webhook_delivery_is_retried(hook: Recorder) -> None:
     hook.respond("POST", "/hook", reply(502), reply(200))
-    r, events = responder([WebhookChannel(WebhookSettings(url=hook.url + "/hook"))])
+    r, events = responder([WebhookChannel(WebhookSettings(url=SecretStr(hook.url + "/hook")))])
     r.submit(new_country_finding(), ALERT)
     wait_until(lambda: any(e["sentinel.status"] == "sent" for e in events), timeout=10)
     r.stop(2)

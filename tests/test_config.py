@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,25 @@ def test_cli_bad_config_is_one_clear_message(tmp_path: Path, command: str) -> No
     assert "Traceback" not in proc.stderr
     assert f"{cfg}: daemon.extra: unknown key" in proc.stderr
     assert f"{cfg}: daemon.log_level:" in proc.stderr
+
+
+def test_check_config_show_hides_the_secrets_a_config_may_hold(tmp_path: Path) -> None:
+    """A Slack webhook URL is a bearer capability and a Sentry DSN holds the project's key."""
+    cfg = tmp_path / "sentinel.toml"
+    hook = "https://hooks.slack.com/services/T0AAAA/B0BBBB/c2VjcmV0LXdlYmhvb2stdG9rZW4"
+    dsn = "https://0123456789abcdef0123456789abcdef@o1.ingest.sentry.io/42"
+    cfg.write_text(
+        f'[[alerts.webhooks]]\nname = "chat"\nurl = "{hook}"\nformat = "slack"\n[alerts.sentry]\ndsn = "{dsn}"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "sentinel", "check-config", "--show", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    shown = json.loads(proc.stdout)
+    assert shown["alerts"]["webhooks"][0]["name"] == "chat"
+    assert shown["alerts"]["webhooks"][0]["url"] == shown["alerts"]["sentry"]["dsn"] == "**********"
+    assert "c2VjcmV0" not in proc.stdout and "0123456789abcdef" not in proc.stdout
+    assert load_settings(cfg).alerts.webhooks[0].url.get_secret_value() == hook

@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="parse log files and print one JSON event per line",
         description="Parse log files and print each recognised event as one JSON object per line "
         "(NDJSON, Elastic Common Schema field names).  Each event carries log.offset, the byte "
-        "offset of its line in the file.  '-' reads standard input.",
+        "offset of its line in the file.  '-' reads standard input.  Binary journal files and "
+        "directories are read through libsystemd; gzip, bzip2 and xz rotations are decompressed "
+        "(log.offset then counts decompressed bytes).",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="log files to parse ('-' for stdin)")
     p.add_argument(
@@ -117,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate the rules over log files (no response is taken)",
         description="Parse log files and evaluate the rules on event time, as a live run would have; "
         "print each finding as one JSON object per line, with the responses it would take in "
-        "sentinel.actions.  Nothing is banned, revoked or sent.",
+        "sentinel.actions.  Nothing is banned, revoked or sent.  It reads what parse reads; several "
+        "files are replayed oldest first, by their first event (a shell glob such as auth.log* names "
+        "rotations newest first).",
     )
     _config_arg(p)
     p.add_argument("files", nargs="+", metavar="FILE", help="log files to replay ('-' for stdin)")

@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from sentinel.engine.durations import Duration
 from sentinel.event import Event
-from sentinel.queues import QueueStats
+from sentinel.queues import QueueStats, wait_for_room
 from sentinel.responders.base import Emit, Responder
 from sentinel.responders.dry_run import response_event
 from sentinel.responders.http import HTTPClient, HTTPFailure
@@ -596,13 +596,8 @@ class AlertResponder(Responder):
         with self._cond:
             if len(self._inbox) >= self.settings.queue_size and not self._stopping:
                 if policy == "block":
-                    started = time.monotonic()
-                    counted = False
-                    while len(self._inbox) >= self.settings.queue_size and not self._stopping:
-                        self._cond.wait(1.0)
-                        if not counted and time.monotonic() - started >= 1.0:
-                            self.queue_stats.waited(since=started)
-                            counted = True
+                    size = self.settings.queue_size
+                    wait_for_room(self._cond, lambda: len(self._inbox) >= size and not self._stopping, self.queue_stats)
                 elif policy == "drop_oldest":
                     dropped = self._inbox.popleft()
                 else:

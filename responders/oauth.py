@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sentinel.engine.durations import Duration
 from sentinel.event import Event
-from sentinel.queues import QueueStats, health_event
+from sentinel.queues import QueueStats, health_event, wait_for_room
 from sentinel.responders.base import Emit, Responder
 from sentinel.responders.dry_run import response_event
 from sentinel.responders.oauth_vendors import Adapter, OAuthProviderSettings, RevocationError, build_adapter
@@ -200,13 +200,8 @@ class OAuthRevocationResponder(Responder):
             if job.id not in self._jobs:
                 full = len(self._jobs) >= self.settings.queue_size
                 if full and not self._stopping and self.settings.overflow == "block":
-                    started = time.monotonic()
-                    counted = False
-                    while len(self._jobs) >= self.settings.queue_size and not self._stopping:
-                        self._cond.wait(1.0)
-                        if not counted and time.monotonic() - started >= 1.0:
-                            self.queue_stats.waited(since=started)
-                            counted = True
+                    size = self.settings.queue_size
+                    wait_for_room(self._cond, lambda: len(self._jobs) >= size and not self._stopping, self.queue_stats)
                 elif full and not self._stopping:
                     refused = True
                     first = not self.queue_stats.overflowing

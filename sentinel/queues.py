@@ -204,6 +204,18 @@ class QueueStats:
         }
 
 
+def wait_for_room(cond: threading.Condition, full: Callable[[], bool], stats: QueueStats, grace: float = 1.0) -> None:
+    """The ``block`` policy of a responder's queue: wait on ``cond`` (held) while ``full()``; a
+    wait longer than ``grace`` seconds is counted once in ``stats``."""
+    started = time.monotonic()
+    counted = False
+    while full():
+        cond.wait(grace)
+        if not counted and time.monotonic() - started >= grace:
+            stats.waited(since=started)
+            counted = True
+
+
 def health_event(
     action: str,
     message: str,

@@ -49,7 +49,7 @@ from typing import Any, Literal
 from sentinel.collectors.parsers.timestamps import epoch_to_utc
 from sentinel.engine.allowlist import Allowlist
 from sentinel.event import Event
-from sentinel.queues import QueueStats
+from sentinel.queues import QueueStats, wait_for_room
 from sentinel.responders.firewall.backend import Backend, BackendError, Element, maximal, normalize
 from sentinel.responders.firewall.events import ban_event
 from sentinel.responders.firewall.settings import FirewallSettings
@@ -181,15 +181,12 @@ class BanManager:
         with self._cond:
             if work and self._queue and len(self._queue) + len(work) > self.settings.queue_size:
                 if self.settings.overflow == "block":
-                    started = time.monotonic()
-                    counted = False
-                    while self._queue and len(self._queue) + len(work) > self.settings.queue_size:
-                        if self._stopping:
-                            break
-                        self._cond.wait(1.0)
-                        if not counted and time.monotonic() - started >= 1.0:
-                            self.queue_stats.waited(since=started)
-                            counted = True
+                    size = self.settings.queue_size
+
+                    def full() -> bool:
+                        return bool(self._queue) and len(self._queue) + len(work) > size and not self._stopping
+
+                    wait_for_room(self._cond, full, self.queue_stats)
                 else:
                     if not self.queue_stats.overflowing:
                         log.error(

@@ -16,6 +16,7 @@ import lzma
 import os
 import stat
 import zlib
+from collections.abc import Callable
 from typing import BinaryIO, Final
 
 _MAGIC: Final = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"(\xb5/\xfd", "zstd"))
@@ -47,8 +48,17 @@ def compression_of(path: str) -> str | None:
         return compression(fh)
 
 
-def decompressed(raw: BinaryIO, kind: str) -> io.BufferedIOBase:
-    """A reader of ``raw``'s decompressed bytes (``raw.tell()`` still tells how far it has read)."""
+def reader(raw: BinaryIO) -> tuple[Callable[[int], bytes], bool]:
+    """How to read what ``raw`` holds: its own ``read``, or for a compressed file the decompressor's
+    ``read1`` (so what comes before a damaged or truncated part is still read); and whether it was
+    compressed (``raw.tell()`` then tells how far the file itself has been read)."""
+    kind = compression(raw)
+    if kind is None:
+        return raw.read, False
+    return _decompressor(raw, kind).read1, True
+
+
+def _decompressor(raw: BinaryIO, kind: str) -> io.BufferedIOBase:
     if kind == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if kind == "bzip2":

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from sentinel.collectors.compressed import DECOMPRESSION_ERRORS, UnsupportedCompression, compression, decompressed
+from sentinel.collectors.compressed import DECOMPRESSION_ERRORS, UnsupportedCompression, reader
 from sentinel.collectors.parallel import map_chunks
 from sentinel.collectors.parsers import LineParser, get_parser
 from sentinel.collectors.parsers.journal import JOURNAL_MAGIC
@@ -184,9 +184,7 @@ def _parse_one(
 ) -> None:
     """Print the events of one file (``-``: standard input), raising what went wrong."""
     if name == "-":
-        stdin = sys.stdin.buffer
-        kind = compression(stdin)
-        read = stdin.read if kind is None else decompressed(stdin, kind).read1
+        read, _ = reader(sys.stdin.buffer)
         _sequential(_blocks(read), get_parser(fmt, year), None, write, serialize, stats)
         return
     if fmt in ("auto", "journal") and is_binary_journal(name):
@@ -194,17 +192,13 @@ def _parse_one(
             write(serialize(batch))
         return
     with open(name, "rb", buffering=0) as fh:
-        kind = compression(fh)
-        if kind is not None:  # a compressed rotation: one sequential pass
-            # read1: what was decompressed before a damaged or truncated part is still parsed
-            _sequential(_blocks(decompressed(fh, kind).read1), get_parser(fmt, year), name, write, serialize, stats)
-            return
+        read, compressed = reader(fh)  # a compressed rotation is read in one sequential pass
         size = os.fstat(fh.fileno()).st_size
-        if jobs > 1 and size >= PARALLEL_MIN_SIZE and os.path.isfile(name):
+        if not compressed and jobs > 1 and size >= PARALLEL_MIN_SIZE and os.path.isfile(name):
             sys.stdout.buffer.flush()  # what earlier files printed comes first
             _parallel(fh.fileno(), size, jobs, lambda: get_parser(fmt, year), name, serialize, stats)
         else:
-            _sequential(_blocks(fh.read), get_parser(fmt, year), name, write, serialize, stats)
+            _sequential(_blocks(read), get_parser(fmt, year), name, write, serialize, stats)
 
 
 def parse_files(

@@ -18,13 +18,7 @@ from pathlib import Path
 
 import orjson
 
-from sentinel.collectors.compressed import (
-    DECOMPRESSION_ERRORS,
-    UnsupportedCompression,
-    compression,
-    compression_of,
-    decompressed,
-)
+from sentinel.collectors.compressed import DECOMPRESSION_ERRORS, UnsupportedCompression, compression_of, reader
 from sentinel.collectors.parallel import CHUNK, map_chunks
 from sentinel.collectors.parse_files import PARALLEL_MIN_SIZE, is_binary_journal, journal_batches, parse_range
 from sentinel.collectors.parsers import LineParser, get_parser
@@ -46,14 +40,12 @@ def _blocks(path: str, advance: Callable[[int], None]) -> Iterator[tuple[int, by
     (offsets then count decompressed bytes; the progress, the file's own), or of stdin for ``-``."""
     raw = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115 - closed below
     try:
-        kind = compression(raw)
-        # read1 on a decompressed stream: what came before a damaged or truncated part is still read
-        read: Callable[[int], bytes] = raw.read if kind is None else decompressed(raw, kind).read1
+        read, compressed = reader(raw)
         offset = 0
         rest = b""
         done = 0
         while data := read(BLOCK):
-            if kind is None or path == "-":  # (no progress bar for standard input)
+            if not compressed or path == "-":  # (no progress bar for standard input)
                 advance(len(data))
             else:
                 advance(raw.tell() - done)
@@ -149,8 +141,10 @@ def _first_event_time(name: str, fmt: str, year: int | None) -> float | None:
             first = next(journal_batches(name, ParseStats(), size=1), [])
             return event_time(first[0]["@timestamp"]) if first else None
         with open(name, "rb") as raw:
-            kind = compression(raw)
-            data = (raw if kind is None else decompressed(raw, kind)).read(FIRST_EVENT_BYTES)
+            read, _ = reader(raw)
+            data = b""
+            while len(data) < FIRST_EVENT_BYTES and (more := read(FIRST_EVENT_BYTES - len(data))):
+                data += more
     except (OSError, RuntimeError, UnsupportedCompression, *DECOMPRESSION_ERRORS):
         return None
     data = data[: data.rfind(b"\n") + 1]
